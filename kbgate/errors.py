@@ -1,0 +1,59 @@
+"""Domain exceptions, each with the HTTP status it maps to at the edge.
+
+The CLI prints `str(e)` and exits non-zero; the web layer turns them into JSON,
+HTML, an OpenAI-shaped error or an ephemeral Slack message.
+"""
+
+
+class KBGateError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(KBGateError):
+    code = "config_error"
+
+
+class BadInput(KBGateError):
+    status = 400
+    code = "bad_request"
+
+
+class TooLarge(KBGateError):
+    status = 413
+    code = "too_large"
+
+
+class NotFound(KBGateError):
+    status = 404
+    code = "not_found"
+
+
+class Busy(KBGateError):
+    """The model queue is full; retry after `retry_after` seconds."""
+    status = 503
+    code = "busy"
+
+    def __init__(self, message: str = "the service is busy, try again shortly", retry_after: int = 5):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotReady(KBGateError):
+    status = 503
+    code = "not_ready"
+
+
+class ModelError(KBGateError):
+    """Model provisioning or loading failed; the message says what to do."""
+    code = "model_error"
+
+
+class IndexUnavailable(KBGateError):
+    """The index is missing, corrupt, or built with another embedder."""
+    status = 503
+    code = "index_error"

@@ -1,0 +1,160 @@
+"""The query pipeline every front end shares: gate → route → retrieval → grounded answer.
+
+`ask(query)` returns a `Result`; `ask(query, stream=True)` yields events
+`("sentiment", {...})`, `("sources", [...])`, `("token", str)`... and
+`("done", result_dict)`. Plain Python: no Flask here.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+from kbgate.answer import Assistant, Passage, citations, message
+from kbgate.config import Config
+from kbgate.errors import Busy
+from kbgate.gate import SentimentGate
+from kbgate.lm import Finish
+from kbgate.text import check_query, language
+
+
+@dataclass
+class Source:
+    n: int
+    page: str
+    title: str
+    heading: str
+    anchor: str
+    path: str
+    url: str
+    score: float
+    relevance: float
+    type: str
+    snippet: str
+    text: str
+    cited: bool = False
+
+
+@dataclass
+class Result:
+    query: str
+    sentiment: dict  # {"label", "confidence", "probs"}
+    route: str  # "answer" | "troubleshooting" | "no_answer"
+    reason: str
+    answer: str
+    sources: list[Source] = field(default_factory=list)
+    suggestions: list[Source] = field(default_factory=list)
+    timings_ms: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _snippet(text: str, n: int = 240) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= n else flat[:n].rstrip() + "…"
+
+
+class Pipeline:
+    """Owns the gate, the retriever and the assistant; bounded by `server.max_pending` jobs."""
+
+    def __init__(self, cfg: Config, gate: SentimentGate, retriever, assistant: Assistant):
+        self.cfg, self.gate, self.retriever, self.assistant = cfg, gate, retriever, assistant
+        self._slots = threading.BoundedSemaphore(cfg.server.max_pending)
+
+    def admit(self):
+        """Take a job slot or raise Busy (the caller releases it with `release`)."""
+        if not self._slots.acquire(blocking=False):
+            raise Busy(f"{self.cfg.server.max_pending} requests are already being answered; retry shortly")
+
+    def release(self):
+        self._slots.release()
+
+    def url(self, page: str, anchor: str = "") -> str:
+        base = self.cfg.server.wiki_base_url.rstrip("/")
+        return f"{base}/docs/{page}" + (f"#{anchor}" if anchor else "")
+
+    def search(self, query: str, k: int, *, troubleshooting: bool = False, tags=None) -> list[Source]:
+        hits = self.retriever.search(query, k=k, prefer_troubleshooting=troubleshooting, tags=tags)
+        return [Source(i + 1, h.page, h.title, h.heading, h.anchor, h.path, self.url(h.page, h.anchor),
+                       round(float(h.score), 5), round(float(h.relevance), 4), h.type, _snippet(h.text), h.text)
+                for i, h in enumerate(hits)]
+
+    def ask(self, query: str, *, stream: bool = False, k: int | None = None, tags=None):
+        """Answer one query: a Result, or with stream=True an iterator of (event, data)."""
+        query = check_query(query, self.cfg.gate.max_query_chars)
+        events = self._run(query, k or self.cfg.retrieval.k, tags)
+        if stream:
+            return events
+        for kind, data in events:
+            if kind == "done":
+                return data
+        raise RuntimeError("pipeline ended without a result")
+
+    def _run(self, query: str, k: int, tags) -> Iterator[tuple[str, object]]:
+        self.admit()
+        try:
+            yield from self._stages(query, k, tags)
+        finally:
+            self.release()
+
+    def _stages(self, query: str, k: int, tags) -> Iterator[tuple[str, object]]:
+        t0 = time.perf_counter()
+        ms = lambda: round((time.perf_counter() - t0) * 1000, 1)  # noqa: E731
+        timings: dict = {}
+        lang = language(query)
+        s = self.gate.classify([query])[0]
+        timings["gate"] = ms()
+        sentiment = {"label": s.label, "confidence": round(s.confidence, 4),
+                     "probs": {k_: round(v, 4) for k_, v in s.probs.items()}}
+        yield "sentiment", sentiment
+        trouble = self.gate.is_troubleshooting(s)
+        route = "troubleshooting" if trouble else "answer"
+        reason = (f"negative with confidence {s.probs['negative']:.2f} ≥ {self.cfg.gate.negative_threshold}"
+                  if trouble else f"{s.label} ({s.confidence:.2f}): not confidently negative")
+        t_r = time.perf_counter()
+        hits = self.search(query, max(k, self.cfg.answer.passages), troubleshooting=trouble, tags=tags)
+        timings["retrieval"] = round((time.perf_counter() - t_r) * 1000, 1)
+        relevant = [h for h in hits if h.relevance >= self.cfg.answer.min_score]
+        passages = relevant[: self.cfg.answer.passages]
+        if not passages:
+            yield from self._no_answer(query, sentiment, hits, lang, trouble, timings, ms,
+                                       "no passage reached the relevance threshold")
+            return
+        yield "sources", [asdict(p) for p in passages]
+        role = "troubleshoot" if trouble else "answer"
+        text, first = "", None
+        for piece in self.assistant.stream(role, query, [Passage(p.n, p.title, p.heading, p.text)
+                                                         for p in passages]):
+            if isinstance(piece, Finish):
+                break
+            if first is None:
+                first = timings["first_token"] = ms()
+            text += piece
+            yield "token", piece
+        cited = citations(text, len(passages))
+        if not cited:
+            yield from self._no_answer(query, sentiment, hits, lang, trouble, timings, ms,
+                                       "the model's reply cited no passage" if text.strip()
+                                       else "the model found no answer in the passages")
+            return
+        for p in passages:
+            p.cited = p.n in cited
+        if trouble:
+            tail = "\n\n" + self.assistant.escalation_text(lang)
+            text += tail
+            yield "token", tail
+        timings.setdefault("first_token", None)
+        timings["total"] = ms()
+        yield "done", Result(query, sentiment, route, reason, text.strip(), passages, [], timings)
+
+    def _no_answer(self, query, sentiment, hits, lang, trouble, timings, ms, why):
+        text = message("no_answer", lang)
+        if hits:
+            text += "\n" + message("suggest", lang) + " " + "; ".join(f"{h.title}" for h in hits[:3])
+        if trouble:
+            text += "\n\n" + self.assistant.escalation_text(lang)
+        timings.setdefault("first_token", None)
+        timings["total"] = ms()
+        yield "done", Result(query, sentiment, "no_answer", why, text, [], hits[:3], timings)

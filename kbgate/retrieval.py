@@ -1,0 +1,154 @@
+"""Hybrid retrieval: dense (FAISS) + BM25, fused by language-weighted reciprocal rank fusion.
+
+The weights depend on whether the query is in one of the embedder's languages:
+an English-only MiniLM barely understands Chinese (most characters are [UNK]),
+so for a Chinese query BM25 leads and the dense list only breaks ties; for an
+English query dense leads. Hits are deduplicated per (page, heading), so the
+overlapping pieces of one long section never fill the list.
+
+`Hit.relevance` in [0, 1] is an absolute signal for "the wiki has no answer":
+the IDF-weighted share of the query's terms found in the chunk, and for
+queries in the embedder's languages also the cosine rescaled between
+`dense_floor` and `dense_ceiling`; the larger of the two counts.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from indexer.index import Index
+from indexer.search import bm25_search, coverage, dense_search
+from indexer.tokenize import detect_lang, is_cjk, tokenize
+from kbgate.config import RetrievalConfig
+
+
+@dataclass(frozen=True)
+class Hit:
+    page: str  # page id, "it/vpn"
+    path: str  # source file under the wiki folder, "it/vpn.md"
+    title: str
+    heading: str  # "VPN 远程访问指南 › 安装客户端"
+    anchor: str  # heading id on the rendered page
+    text: str  # the chunk's markdown
+    type: str  # "troubleshooting", "doc", ...
+    score: float  # fused score (after any troubleshooting boost)
+    dense_rank: int | None  # 1-based rank among dense candidates; None when not among them
+    bm25_rank: int | None
+    dense_score: float  # cosine with the query
+    bm25_score: float  # 0.0 when no query term matches
+    relevance: float  # in [0, 1]; see the module docstring
+    chunk_id: str = ""
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict."""
+        return asdict(self)
+
+
+class Retriever:
+    """Search one loaded index with one embedder; cheap to call from many threads."""
+
+    def __init__(self, index: Index, embedder, cfg: RetrievalConfig | None = None):
+        self.index = index
+        self.embedder = embedder
+        self.cfg = cfg or RetrievalConfig()
+        self._tag_masks: dict[frozenset, np.ndarray] = {}
+
+    def weights(self, query: str, tokens: list[str] | None = None) -> tuple[float, float, float]:
+        """Return (dense weight, BM25 weight, native share): native and foreign weights blended by that share.
+
+        native share = fraction of the query's terms in the embedder's languages
+        ("pod一直ImagePullBackOff" is partly English), so a mixed query gets mixed weights.
+        """
+        share = native_share(query if tokens is None else tokens, self.embedder.languages)
+        c = self.cfg
+        dense = share * c.dense_weight_native + (1 - share) * c.dense_weight_foreign
+        bm25 = share * c.bm25_weight_native + (1 - share) * c.bm25_weight_foreign
+        return dense, bm25, share
+
+    def _allowed(self, tags) -> np.ndarray | None:
+        if not tags:
+            return None
+        key = frozenset(tags)
+        if key not in self._tag_masks:
+            self._tag_masks[key] = np.array([bool(key.intersection(c.tags)) for c in self.index.chunks], bool)
+        return self._tag_masks[key]
+
+    def search(self, query: str, k: int | None = None, *, prefer_troubleshooting: bool = False,
+               tags=None) -> list[Hit]:
+        """Return up to k hits, best first (see the module docstring)."""
+        k = self.cfg.k if k is None else k
+        if k <= 0 or not query.strip() or not len(self.index):
+            return []
+        qvec = self.embedder.embed([query])[0]  # (dim,) float32, normalized
+        return self._search(query, qvec, k, prefer_troubleshooting, tags)
+
+    def search_many(self, queries: list[str], k: int | None = None, **kw) -> list[list[Hit]]:
+        """Search several queries, embedding them in one batch."""
+        k = self.cfg.k if k is None else k
+        qvecs = self.embedder.embed([q for q in queries]) if queries else None
+        return [self._search(q, qvecs[i], k, kw.get("prefer_troubleshooting", False), kw.get("tags"))
+                if q.strip() and k > 0 and len(self.index) else [] for i, q in enumerate(queries)]
+
+    def _search(self, query, qvec, k, prefer_troubleshooting, tags) -> list[Hit]:
+        c, ix = self.cfg, self.index
+        allowed = self._allowed(tags)
+        tokens = tokenize(query)
+        w_dense, w_bm25, share = self.weights(query, tokens)
+        d_rows, d_cos = dense_search(ix, qvec, c.candidates, allowed)
+        b_rows, _, b_all = bm25_search(ix, tokens, c.candidates, allowed)
+        d_rank, b_rank = self._ranks(d_rows), self._ranks(b_rows)
+        # fuse per section: the pieces of one long section count once, at their best rank
+        fused: dict[tuple, float] = {}
+        rep: dict[tuple, tuple[float, int]] = {}  # section -> (best single contribution, its row)
+        for ranks, w in ((d_rank, w_dense), (b_rank, w_bm25)):
+            if w > 0:
+                for key, (i, r) in ranks.items():
+                    part = w / (c.rrf_k + i)
+                    fused[key] = fused.get(key, 0.0) + part
+                    if part > rep.get(key, (-1.0, 0))[0]:
+                        rep[key] = (part, r)
+        if prefer_troubleshooting:
+            for key in fused:
+                if ix.chunks[rep[key][1]].type == "troubleshooting":
+                    fused[key] *= c.troubleshooting_boost
+        order = sorted(fused, key=lambda key: (-fused[key], rep[key][1]))[:k]
+        picked = [rep[key][1] for key in order]
+        score = {rep[key][1]: fused[key] for key in order}
+        d_rank = {r: i for i, r in d_rank.values()}
+        b_rank = {r: i for i, r in b_rank.values()}
+        if not picked:
+            return []
+        cos = ix.faiss.reconstruct_batch(np.asarray(picked, np.int64)) @ qvec  # (len(picked),) cosines
+        lex = coverage(ix, tokens, picked)
+        hits = []
+        for r, cs, lx in zip(picked, cos, lex):
+            ch = ix.chunks[r]
+            hits.append(Hit(ch.page, ix.pages[ch.page].path if ch.page in ix.pages else f"{ch.page}.md",
+                            ch.title, ch.heading, ch.anchor, ch.text, ch.type, float(score[r]),
+                            d_rank.get(r), b_rank.get(r), float(cs), float(b_all[r]),
+                            self.relevance(float(cs), float(lx), share), ch.id))
+        return hits
+
+    def _ranks(self, rows) -> dict[tuple, tuple[int, int]]:
+        """Map each section (page, heading) in a ranked row list to (1-based rank among sections, its first row)."""
+        out: dict[tuple, tuple[int, int]] = {}
+        for r in rows:
+            ch = self.index.chunks[int(r)]
+            out.setdefault((ch.page, ch.heading), (len(out) + 1, int(r)))
+        return out
+
+    def relevance(self, cosine: float, lexical: float, share: float) -> float:
+        """Combine lexical coverage and the rescaled cosine (trusted as far as the query is native) into [0, 1]."""
+        lo, hi = self.cfg.dense_floor, self.cfg.dense_ceiling
+        dense = min(max((cosine - lo) / (hi - lo), 0.0), 1.0) if hi > lo else 0.0
+        return round(max(lexical, share * dense), 4)
+
+
+def native_share(query_or_terms, languages) -> float:
+    """Return the share of the query's terms written in one of `languages` ("zh" = CJK terms, else Latin)."""
+    terms = tokenize(query_or_terms) if isinstance(query_or_terms, str) else query_or_terms
+    if not terms:
+        return 1.0 if detect_lang(query_or_terms if isinstance(query_or_terms, str) else "") in languages else 0.0
+    zh = sum(1 for t in terms if is_cjk(t[0]))
+    return (zh * ("zh" in languages) + (len(terms) - zh) * ("en" in languages)) / len(terms)

@@ -1,0 +1,115 @@
+"""The Flask app factory: pages, JSON API, Slack and OpenAI endpoints over one shared pipeline.
+
+`create_app(cfg, services=...)` uses already-built services (tests); without them
+the models and index load in a background thread and `/readyz` answers 503 until
+they are in. Domain errors become JSON for the API, OpenAI-shaped errors under
+/v1 (that blueprint's own handler), and short HTML for pages. Never a traceback.
+"""
+from __future__ import annotations
+
+import threading
+import traceback
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from kbgate.config import Config, load_config
+from kbgate.errors import Busy, KBGateError, NotReady
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+
+class State:
+    """What the app holds for its lifetime: services once loaded, or the loading error."""
+
+    def __init__(self, cfg: Config, services=None):
+        self.cfg, self.services, self.error = cfg, services, None
+        self.ready = threading.Event()
+        if services is not None:
+            self.ready.set()
+
+    def get(self):
+        """The loaded services, or NotReady (503) while loading / after a failed load."""
+        if self.services is None:
+            msg = f"models failed to load: {self.error}" if self.error else "models and index are still loading"
+            raise NotReady(msg)
+        return self.services
+
+    def load_in_background(self, loader):
+        def work():
+            try:
+                self.services = loader()
+            except Exception as e:  # reported by /readyz and every request, and printed once
+                self.error = str(e)
+                traceback.print_exc()
+            finally:
+                self.ready.set()
+        threading.Thread(target=work, name="kbgate-loader", daemon=True).start()
+
+
+def state() -> State:
+    from flask import current_app
+    return current_app.extensions["kbgate"]
+
+
+def error_json(code: str, message: str, status: int, retry_after: int | None = None):
+    resp = jsonify({"error": {"code": code, "message": message}})
+    resp.status_code = status
+    if retry_after:
+        resp.headers["Retry-After"] = str(retry_after)
+    return resp
+
+
+def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
+    """Build the app. `services`: ready-made (tests); `loader`: a callable run in the background."""
+    cfg = cfg or load_config()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = cfg.server.max_body_bytes
+    app.json.ensure_ascii = False
+    st = State(cfg, services)
+    app.extensions["kbgate"] = st
+    if services is None and loader is not None:
+        st.load_in_background(loader)
+
+    from web import api, openai_api, pages, slack
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(slack.bp)
+    app.register_blueprint(openai_api.bp)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz():
+        if st.services is None:
+            return error_json("not_ready", str(NotReady("models and index are still loading")) if not st.error
+                              else f"models failed to load: {st.error}", 503, 5)
+        return {"status": "ready", "model": st.services.model_info()}
+
+    @app.errorhandler(KBGateError)
+    def domain_error(e: KBGateError):
+        return error_json(e.code, e.message, e.status, getattr(e, "retry_after", None) or
+                          (5 if isinstance(e, (Busy, NotReady)) else None))
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        messages = {413: f"request body is larger than {cfg.server.max_body_bytes:,} bytes",
+                    404: f"no such endpoint or page: {request.path}",
+                    405: f"{request.method} is not allowed on {request.path}"}
+        code = (e.name or "error").lower().replace(" ", "_")
+        if request.path.startswith(("/api", "/healthz", "/readyz", "/slack")) or request.is_json:
+            return error_json(code, messages.get(e.code, e.description or e.name), e.code or 500)
+        return pages.error_page(e.code or 500, messages.get(e.code, e.description or e.name))
+
+    @app.after_request
+    def security_headers(resp):
+        resp.headers.setdefault("Content-Security-Policy", CSP)
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        return resp
+
+    return app

@@ -1,0 +1,42 @@
+"""Serve the app with waitress (a production WSGI server that streams unbuffered)."""
+from __future__ import annotations
+
+import sys
+import threading
+
+from waitress.server import create_server
+
+from kbgate.config import Config
+from web import create_app
+
+# waitress (3.x) hands every chunk the app yields to the socket as it comes (send_bytes=1 is
+# its default), so SSE tokens reach the client as they are generated; tests check it.
+WAITRESS = {"channel_timeout": 300, "connection_limit": 200, "ident": "kbgate"}
+
+
+def make_server(app, host: str = "127.0.0.1", port: int = 0, threads: int = 8):
+    """A waitress server bound now (port 0 = any free port; see `.effective_port`)."""
+    return create_server(app, host=host, port=port, threads=threads, **WAITRESS)
+
+
+def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = 8):
+    """Start serving in a daemon thread; return (server, base_url). Tests call server.close()."""
+    server = make_server(app, host, port, threads)
+    threading.Thread(target=server.run, name="kbgate-waitress", daemon=True).start()
+    return server, f"http://{host}:{server.effective_port}"
+
+
+def run(cfg: Config, host: str, port: int, index_dir=None) -> None:
+    """Bind, start loading models and index in the background, and serve until interrupted."""
+    from kbgate.service import load_services
+
+    app = create_app(cfg, loader=lambda: load_services(cfg, index_dir))
+    server = make_server(app, host, port, cfg.server.threads)
+    print(f"kbgate serving on http://{host}:{server.effective_port} (readyz is 503 until models load)",
+          file=sys.stderr, flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
