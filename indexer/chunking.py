@@ -18,6 +18,7 @@ from typing import Callable
 
 from indexer.blocks import Block, Heading, parse, sentences
 
+VERSION = 1  # bump when chunk boundaries or texts change: indexes record it and re-chunk
 SEP = " › "
 TROUBLE = re.compile(r"故障排查|常见问题|排错|症状|解决步骤|\b(?:troubleshooting|faqs?|symptoms?|fix(?:es)?)\b", re.I)
 _CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")

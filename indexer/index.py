@@ -35,11 +35,11 @@ def page_from_row(row: dict) -> Page:
                 text=row["text"], sha256=row["sha256"], meta=row.get("meta") or {})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Index:
-    """One loaded, immutable index version."""
+    """One loaded, immutable index version (compared and hashed by identity)."""
     dir: Path  # the index folder (holds CURRENT)
-    version: str  # "v-20250301T101500-3f9a1c"
+    version: str  # "v-20250301T101500123456-3f9a1c"
     manifest: dict
     chunks: tuple[Chunk, ...]  # row i = FAISS row i = BM25 document i
     keys: tuple[str, ...]  # per row: sha256 of embedder name + chunk hash (for vector reuse)

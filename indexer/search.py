@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from indexer.index import Index
+from indexer.tokenize import is_cjk
 
 
 def dense_search(index: Index, qvec: np.ndarray, n: int, allowed: np.ndarray | None = None):
@@ -58,7 +59,8 @@ def coverage(index: Index, tokens: list[str], rows) -> np.ndarray:
     """Return, per row, the IDF-weighted share of the query's distinct terms the chunk contains, in [0, 1].
 
     Terms the wiki never uses get the highest IDF, so an off-topic query scores
-    near 0 even when a stop-word-like term happens to match.
+    near 0 even when a common term happens to match. A Chinese term also counts
+    when it is a substring of the chunk (jieba may cut 发票 whole where the query has 票).
     """
     rows = np.asarray(rows, dtype=np.int64)
     terms = list(dict.fromkeys(t for t in tokens if t))
@@ -67,6 +69,7 @@ def coverage(index: Index, tokens: list[str], rows) -> np.ndarray:
     sc = index.bm25.scores
     indptr, indices, n_docs = sc["indptr"], sc["indices"], sc["num_docs"]
     vocab = index.bm25.vocab_dict
+    texts = [index.chunks[r].embed_text for r in rows]
     got = np.zeros(len(rows), np.float64)
     total = 0.0
     for t in terms:
@@ -74,6 +77,8 @@ def coverage(index: Index, tokens: list[str], rows) -> np.ndarray:
         docs = indices[indptr[tid]:indptr[tid + 1]] if tid is not None else indices[:0]
         idf = math.log(1 + (n_docs - len(docs) + 0.5) / (len(docs) + 0.5))
         total += idf
-        if len(docs):
-            got += idf * np.isin(rows, docs)
+        present = np.isin(rows, docs)
+        if is_cjk(t[0]):
+            present |= np.array([t in x for x in texts])
+        got += idf * present
     return (got / total).astype(np.float32)

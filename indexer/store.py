@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from indexer import chunking
+from indexer import tokenize as tok
 from indexer.chunking import Chunk, chunk_page
 from indexer.index import CHUNK_FIELDS, Index, load_index
 from indexer.pages import Page, read_pages
@@ -101,7 +103,7 @@ def _previous(index_dir: Path, embedder_name: str) -> tuple[Index | None, dict |
 
 def _settings(cfg) -> dict:
     return {"chunk_tokens": cfg.index.chunk_tokens, "chunk_overlap": cfg.index.chunk_overlap,
-            "hnsw_min_chunks": cfg.index.hnsw_min_chunks}
+            "hnsw_min_chunks": cfg.index.hnsw_min_chunks, "chunker": chunking.VERSION, "tokenizer": tok.VERSION}
 
 
 def build_index(cfg, kb_dir: str | Path, index_dir: str | Path, embedder, progress: bool = True) -> BuildSummary:

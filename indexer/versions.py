@@ -1,9 +1,9 @@
 """The on-disk layout of an index folder: version folders, the CURRENT pointer, a build lock.
 
     index_dir/
-      CURRENT                 "v-20250301T101500-3f9a1c\\n": the published version
+      CURRENT                 "v-20250301T101500123456-3f9a1c\\n": the published version
       .lock                   held (flock) by the one build running
-      v-20250301T101500-3f9a1c/
+      v-20250301T101500123456-3f9a1c/
         manifest.json         written last: a folder without it is incomplete
         chunks.jsonl          one chunk per line, row i = FAISS row i
         pages.jsonl           each page's metadata and markdown body
@@ -31,7 +31,8 @@ MANIFEST = "manifest.json"
 
 def new_version_name() -> str:
     """Return a fresh, time-sortable version folder name."""
-    return f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+    now = time.time()
+    return f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}{int(now % 1 * 1e6):06d}-{secrets.token_hex(3)}"
 
 
 def current_version(index_dir: Path) -> str | None:

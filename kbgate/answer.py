@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
+from kbgate.compress import compress
 from kbgate.config import AnswerConfig, EscalationConfig
 from kbgate.lm import Finish, LanguageModel, strip_special
 from kbgate.prompts import Prompts, fill
@@ -43,6 +44,41 @@ def citations(text: str, n_passages: int) -> list[int]:
     return seen
 
 
+_SENTENCE_END = re.compile(r"(?<=[。！？!?])|(?<=[.;；])(?=\s)")  # zero-width: split keeps every character
+_END_PUNCT = "。！？.!?；;：:，,"
+
+
+def attribute(text: str, passages: list["Passage"], min_share: float = 0.5) -> tuple[str, list[int]]:
+    """Ground the reply: keep the model's [n] citations and cite uncited sentences a passage supports.
+
+    A sentence is supported by the passage holding the largest share of its terms,
+    when that share is at least `min_share`. Returns the cited text and the
+    passage numbers cited, in order; an empty list means nothing is grounded.
+    """
+    from indexer.tokenize import tokenize
+
+    vocab = {p.n: set(tokenize(p.text)) for p in passages}
+
+    def cite(sentence: str) -> str:
+        terms = set(tokenize(sentence))
+        if CITATION.search(sentence) or len(terms) < 2:
+            return sentence
+        share, n = max((len(terms & v) / len(terms), n) for n, v in vocab.items())
+        if share < min_share:
+            return sentence
+        body = sentence.rstrip()
+        tail = sentence[len(body):]
+        if body and body[-1] in _END_PUNCT:
+            return f"{body[:-1]} [{n}]{body[-1]}{tail}"
+        return f"{body} [{n}]{tail}"
+
+    if not vocab:
+        return text, []
+    lines = ["".join(cite(x) for x in _SENTENCE_END.split(line)) for line in text.split("\n")]
+    cited = "\n".join(lines)
+    return cited, citations(cited, len(passages))
+
+
 @dataclass(frozen=True)
 class Passage:
     n: int
@@ -58,27 +94,32 @@ class Assistant:
 
     def __init__(self, lm: LanguageModel, prompts: Prompts, cfg: AnswerConfig, escalation: EscalationConfig):
         self.lm, self.cfg, self.escalation = lm, cfg, escalation
-        self.system = {r: prompts.text(f"{r}.system.txt") for r in self.ROLES}
         self.user = {r: prompts.text(f"{r}.user.txt") for r in self.ROLES}
+        # each role's fixed prefix: its system prompt and one worked example, KV-cached once
+        self.prefix = {r: [{"role": "system", "content": prompts.text(f"{r}.system.txt")},
+                           {"role": "user", "content": prompts.text(f"{r}.example.user.txt")},
+                           {"role": "assistant", "content": prompts.text(f"{r}.example.reply.txt")}]
+                       for r in self.ROLES}
         self.chat_system = prompts.text("chat.system.txt")
+        self.answer_in = dict(prompts.table("languages.tsv"))  # "zh" -> "请用中文回答"
         for r in self.ROLES:
-            lm.register_prefix(lm.render([{"role": "system", "content": self.system[r]}], generation_prompt=False))
+            lm.register_prefix(lm.render(self.prefix[r], generation_prompt=False))
         lm.register_prefix(lm.render([{"role": "system", "content": self.chat_system}], generation_prompt=False))
 
-    def format_passages(self, passages: list[Passage]) -> str:
+    def format_passages(self, passages: list[Passage], question: str) -> str:
+        count = lambda t: len(self.lm.encode(t))  # noqa: E731
         blocks = []
         for p in passages:
-            body = strip_special(p.text).strip()
-            if len(body) > self.cfg.passage_chars:
-                body = body[: self.cfg.passage_chars].rstrip() + " …"
+            body = compress(strip_special(p.text).strip(), question, self.cfg.passage_tokens, count)
             where = " › ".join(x for x in (p.title, p.heading) if x and x != p.title) or p.title
             blocks.append(f"[{p.n}] ({where})\n{body}")
         return "\n\n".join(blocks)
 
     def prompt_ids(self, role: str, question: str, passages: list[Passage]) -> list[int]:
-        user = fill(self.user[role], passages=self.format_passages(passages), question=question)
-        return self.lm.encode(self.lm.render([{"role": "system", "content": self.system[role]},
-                                              {"role": "user", "content": user}]))
+        from kbgate.text import language
+        user = fill(self.user[role], passages=self.format_passages(passages, question), question=question,
+                    answer_in=self.answer_in.get(language(question), self.answer_in.get("en", "")))
+        return self.lm.encode(self.lm.render(self.prefix[role] + [{"role": "user", "content": user}]))
 
     def stream(self, role: str, question: str, passages: list[Passage],
                max_new_tokens: int | None = None) -> Iterator[str | Finish]:

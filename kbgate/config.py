@@ -61,8 +61,8 @@ class RetrievalConfig:
     dense_weight_foreign: float = _f(0.25, "dense weight for a query outside the embedder's languages")
     bm25_weight_foreign: float = _f(1.0, "BM25 weight for such a query")
     troubleshooting_boost: float = _f(1.3, "score multiplier for troubleshooting chunks on the troubleshooting route")
-    dense_floor: float = _f(0.25, "cosine at which dense relevance is 0 (relevance ignores dense below it)")
-    dense_ceiling: float = _f(0.6, "cosine at which dense relevance reaches 1")
+    dense_floor: float = _f(0.3, "cosine at which dense relevance is 0 (relevance ignores dense below it)")
+    dense_ceiling: float = _f(0.65, "cosine at which dense relevance reaches 1")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class AnswerConfig:
     passages: int = _f(3, "passages given to the model")
     min_score: float = _f(0.3, "below this best-passage relevance, answer 'no answer' without the model")
     max_new_tokens: int = _f(200, "cap on generated answer tokens")
-    passage_chars: int = _f(700, "each passage is cut to this many characters in the prompt")
+    passage_tokens: int = _f(130, "each passage is compressed to its lines most relevant to the query, up to this many tokens")
 
 
 @dataclass(frozen=True)
@@ -112,13 +112,17 @@ class SlackConfig:
     public_keyword: str = _f("public", "'/ask public ...' answers in the channel")
     channel_tags: dict = _f({}, "channel id -> list of page tags that channel may search")
     upstream_timeout_s: float = _f(120.0, "proxy mode: seconds to wait for the search service")
+    proxy_port: int = _f(8081, "proxy mode: listen port of `kbgate slack-proxy`")
 
 
 @dataclass(frozen=True)
 class OpenAIConfig:
     model_id: str = _f("kbgate-qwen2.5-0.5b", "model id served by /v1/models")
     auth_env: str = _f("KBGATE_API_KEYS", "env var with comma-separated bearer tokens; unset = no auth")
-    max_tokens: int = _f(512, "upper bound on max_tokens")
+    max_tokens: int = _f(512, "upper bound on max_tokens; also the default when a request leaves it out")
+    max_prompt_tokens: int = _f(4096, "chat prompts longer than this are refused (400 context_length_exceeded)")
+    temperature: float = _f(0.7, "sampling temperature when a request leaves it out (Qwen2.5's recommended)")
+    top_p: float = _f(0.8, "nucleus sampling top_p when a request leaves it out (Qwen2.5's recommended)")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from kbgate.answer import Assistant, Passage, citations, message
+from kbgate.answer import Assistant, Passage, attribute, message
 from kbgate.config import Config
 from kbgate.errors import Busy
 from kbgate.gate import SentimentGate
@@ -125,18 +125,18 @@ class Pipeline:
         yield "sources", [asdict(p) for p in passages]
         role = "troubleshoot" if trouble else "answer"
         text, first = "", None
-        for piece in self.assistant.stream(role, query, [Passage(p.n, p.title, p.heading, p.text)
-                                                         for p in passages]):
+        given = [Passage(p.n, p.title, p.heading, p.text) for p in passages]
+        for piece in self.assistant.stream(role, query, given):
             if isinstance(piece, Finish):
                 break
             if first is None:
                 first = timings["first_token"] = ms()
             text += piece
             yield "token", piece
-        cited = citations(text, len(passages))
+        text, cited = attribute(text, given)  # the model's own [n], plus any sentence a passage supports
         if not cited:
             yield from self._no_answer(query, sentiment, hits, lang, trouble, timings, ms,
-                                       "the model's reply cited no passage" if text.strip()
+                                       "the reply is not grounded in any passage" if text.strip()
                                        else "the model found no answer in the passages")
             return
         for p in passages:
@@ -151,10 +151,12 @@ class Pipeline:
 
     def _no_answer(self, query, sentiment, hits, lang, trouble, timings, ms, why):
         text = message("no_answer", lang)
-        if hits:
-            text += "\n" + message("suggest", lang) + " " + "; ".join(f"{h.title}" for h in hits[:3])
+        seen: set = set()
+        suggestions = [h for h in hits if not (h.page in seen or seen.add(h.page))][:3]  # best chunk per page
+        if suggestions:
+            text += "\n" + message("suggest", lang) + " " + "; ".join(h.title for h in suggestions)
         if trouble:
             text += "\n\n" + self.assistant.escalation_text(lang)
         timings.setdefault("first_token", None)
         timings["total"] = ms()
-        yield "done", Result(query, sentiment, "no_answer", why, text, [], hits[:3], timings)
+        yield "done", Result(query, sentiment, "no_answer", why, text, [], suggestions, timings)

@@ -1,4 +1,175 @@
-"""Placeholder: being written."""
-from flask import Blueprint
+"""The JSON API for support tools: search (JSON or Server-Sent Events), batch sentiment, wiki pages.
 
-bp = Blueprint("api", __name__)
+Handlers validate the body, call the pipeline and serialize. Domain errors (BadInput,
+TooLarge, NotFound, Busy, NotReady) go to the app's handler, which answers
+`{"error": {"code", "message"}}` with their status; Busy carries Retry-After.
+
+SSE: `event: <kind>\\ndata: <json>\\n\\n` for sentiment, sources, token..., then done
+(the same body as the JSON answer) or error. The first event is pulled before the
+response starts, so a bad query or a full queue is still a plain 4xx/503.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from itertools import chain
+
+from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import UnsupportedMediaType
+
+from kbgate.errors import BadInput, IndexUnavailable, KBGateError, TooLarge
+from kbgate.text import check_query
+from web import state
+from web.render import docs_href, render_answer
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+log = logging.getLogger("kbgate.web")
+
+MAX_K = 20
+MAX_TAGS = 20
+SEARCH_FIELDS = ("query", "k", "tags", "stream")
+
+
+def json_body(fields: tuple[str, ...]) -> dict:
+    """The request's JSON object, or a 400/415 that says what is wrong with it."""
+    if not request.is_json:
+        raise UnsupportedMediaType(f"Content-Type must be application/json (got {request.mimetype or 'none'})")
+    raw = request.get_data(cache=True)  # over max_body_bytes: 413 from werkzeug
+    if not raw.strip():
+        raise BadInput("body is empty; send a JSON object such as {\"query\": \"...\"}")
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise BadInput("body is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise BadInput(f"body is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(body, dict):
+        raise BadInput("body must be a JSON object")
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise BadInput(f"unknown field {unknown[0]!r}; known fields: {', '.join(sorted(fields))}")
+    return body
+
+
+def search_args(body: dict) -> tuple[object, int | None, list[str] | None]:
+    """(query, k, tags) from a search body; the query itself is checked by the pipeline."""
+    if "query" not in body or body["query"] is None:
+        raise BadInput("query is required")
+    k = body.get("k")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K):
+        raise BadInput(f"k must be an integer between 1 and {MAX_K}")
+    tags = body.get("tags")
+    if tags is not None and (not isinstance(tags, list) or len(tags) > MAX_TAGS
+                             or not all(isinstance(t, str) and t.strip() for t in tags)):
+        raise BadInput(f"tags must be a list of at most {MAX_TAGS} non-empty strings")
+    return body["query"], k, tags or None
+
+
+def wants_stream(body: dict) -> bool:
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadInput("stream must be true or false")
+    return stream or request.args.get("stream", "").lower() in ("1", "true", "yes")
+
+
+def result_body(result, services) -> dict:
+    """The answer as the API and the `done` event send it: the pipeline's Result plus HTML and model."""
+    d = result.as_dict() if hasattr(result, "as_dict") else dict(result)
+    d["answer_html"] = render_answer(d["answer"], d["sources"])  # sanitized; [n] links to /docs/...
+    d["model"] = services.model_info()
+    return d
+
+
+@bp.post("/search")
+def search():
+    """Answer a query: JSON, or SSE with ?stream=1 (or "stream": true)."""
+    body = json_body(SEARCH_FIELDS)
+    query, k, tags = search_args(body)
+    if wants_stream(body):
+        return event_stream(query, k, tags)
+    services = state().get()
+    return jsonify(result_body(services.pipeline.ask(query, k=k, tags=tags), services))
+
+
+@bp.post("/search/stream")
+def search_stream():
+    """The same as POST /api/search?stream=1."""
+    body = json_body(SEARCH_FIELDS)
+    query, k, tags = search_args(body)
+    wants_stream(body)  # validates "stream" if given; this route streams either way
+    return event_stream(query, k, tags)
+
+
+def sse(kind: str, data) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def event_stream(query, k, tags) -> Response:
+    services = state().get()
+    events = services.pipeline.ask(query, stream=True, k=k, tags=tags)  # BadInput / TooLarge here
+    first = next(events)  # takes a job slot: Busy here is still a 503 with Retry-After
+
+    def body():
+        try:
+            for kind, data in chain([first], events):
+                yield sse(kind, result_body(data, services) if kind == "done" else data)
+        except KBGateError as e:
+            yield sse("error", {"code": e.code, "message": e.message})
+        except Exception:
+            log.exception("search stream failed for %r", query)
+            yield sse("error", {"code": "internal_error", "message": "the answer failed on the server; see its log"})
+        finally:
+            events.close()  # client gone or done: give the job slot back
+
+    resp = Response(body(), mimetype="text/event-stream")
+    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers["X-Accel-Buffering"] = "no"
+    return resp
+
+
+@bp.post("/sentiment")
+def sentiment():
+    """Label a batch of texts positive / neutral / negative (one forward pass per gate batch)."""
+    services = state().get()
+    cfg = services.cfg
+    texts = json_body(("texts",)).get("texts")
+    if not isinstance(texts, list) or not texts:
+        raise BadInput("texts must be a non-empty list of strings")
+    limit = cfg.gate.batch_size * 4
+    if len(texts) > limit:
+        raise TooLarge(f"texts has {len(texts)} items; at most {limit} per request")
+    cleaned = [check_query(t, cfg.gate.max_query_chars, field=f"texts[{i}]") for i, t in enumerate(texts)]
+    t0 = time.perf_counter()
+    services.pipeline.admit()  # shares the model queue with search: Busy when it is full
+    try:
+        labels = services.gate.classify(cleaned)
+    finally:
+        services.pipeline.release()
+    return {"results": [s.as_dict() for s in labels],
+            "timings_ms": {"total": round((time.perf_counter() - t0) * 1000, 1)},
+            "model": services.model_info()}
+
+
+def _index(services):
+    if services.retriever is None:
+        raise IndexUnavailable("no index is loaded")
+    return services.retriever.index
+
+
+@bp.get("/docs")
+def doc_list():
+    """Every wiki page: id, title, tags, type."""
+    pages = _index(state().get()).page_list()
+    return {"pages": [{"id": p.id, "title": p.title, "tags": list(p.tags), "type": p.type,
+                       "html_url": docs_href(p.id)} for p in pages]}
+
+
+@bp.get("/docs/<path:page_id>")
+def doc(page_id: str):
+    """One wiki page's markdown and metadata (404 for an unknown id)."""
+    services = state().get()
+    p = _index(services).get_page(page_id)
+    return {"id": p.id, "path": p.path, "title": p.title, "tags": list(p.tags), "type": p.type,
+            "meta": p.meta, "sha256": p.sha256, "markdown": p.text,
+            "url": services.pipeline.url(p.id), "html_url": docs_href(p.id)}

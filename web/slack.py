@@ -1,4 +1,162 @@
-"""Placeholder: being written."""
-from flask import Blueprint
+"""`POST /slack/commands`: Slack's slash command, acknowledged at once and answered in the background.
 
+Every request is verified with Slack's signing secret from the environment
+(`SLACK_SIGNING_SECRET`; unset → 503 "not configured", a bad or stale signature → 401,
+both plain text, no work done). `ssl_check=1` gets 200 before verification, as Slack's
+own Bolt does: it does nothing. A valid question gets an ephemeral "searching" reply
+within the request; a bounded per-app pool (`slack.workers`, `slack.max_pending`) answers
+and POSTs the blocks to `response_url`, but only to an allow-listed host. The answer
+comes from an `answer(question, tags) -> result dict` callable: the pipeline inside
+`kbgate serve`, or an upstream search service in `kbgate slack-proxy` (web.slack_proxy).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+from urllib.parse import urlsplit
+
+from flask import Blueprint, current_app, jsonify, request
+from slack_sdk.signature import SignatureVerifier
+from slack_sdk.webhook import WebhookClient
+
+from kbgate.config import Config
+from kbgate.errors import KBGateError
+from web import slack_blocks as sb
+
+log = logging.getLogger("kbgate.slack")
 bp = Blueprint("slack", __name__)
+SECRET_ENV = "SLACK_SIGNING_SECRET"
+POST_TIMEOUT_S = 10
+
+Answer = Callable[[str, "list[str] | None"], dict]  # (question, tags) -> Result.as_dict()-shaped dict
+
+
+def allowed_url(url: str, hosts: list[str], allow_http: bool = False) -> bool:
+    """Whether we may POST to `url`: https (http only if allowed), an allow-listed host, no credentials."""
+    try:
+        u = urlsplit(url or "")
+        host = (u.hostname or "").lower()
+        _ = u.port  # raises ValueError on a malformed port
+    except ValueError:
+        return False
+    schemes = ("https", "http") if allow_http else ("https",)
+    return u.scheme in schemes and not u.username and not u.password and \
+        host in {h.lower() for h in hosts}
+
+
+class Responder:
+    """One app's Slack worker pool: admits questions, answers them off-request, posts the result."""
+
+    def __init__(self, cfg: Config, answer: Answer):
+        self.cfg, self.answer = cfg, answer
+        self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.slack.workers), thread_name_prefix="kbgate-slack")
+        self._slots = threading.BoundedSemaphore(max(1, cfg.slack.max_pending))
+        self.accepted = 0  # questions taken into the pool (tests check nothing else did work)
+
+    def submit(self, question: str, tags, response_url: str, public: bool) -> bool:
+        """Queue a question; False when `max_pending` are already waiting or running."""
+        if not self._slots.acquire(blocking=False):
+            return False
+        try:
+            self.pool.submit(self._work, question, tags, response_url, public)
+        except RuntimeError:  # the pool was shut down
+            self._slots.release()
+            return False
+        self.accepted += 1
+        return True
+
+    def _work(self, question: str, tags, response_url: str, public: bool) -> None:
+        lang = sb.language(question)
+        try:
+            try:
+                esc = self.cfg.escalation
+                msg = sb.answer_message(self.answer(question, tags), contact=esc.contact, ticket_url=esc.url,
+                                        public=public)
+            except KBGateError as e:
+                msg = sb.ephemeral(sb.say("error", lang, message=sb.fit(e.message, 500)))
+            except Exception:  # a bug: logged with its traceback; the user still hears back
+                log.exception("answering a Slack question failed")
+                msg = sb.ephemeral(sb.say("error", lang, message="internal error (logged on the server)"))
+            self.post(response_url, msg)
+        finally:  # the slot covers the post too, so max_pending bounds everything in the pool
+            self._slots.release()
+
+    def post(self, url: str, msg: dict) -> bool:
+        """POST `msg` as JSON to an allow-listed response_url; log and drop anything else."""
+        s = self.cfg.slack
+        if not allowed_url(url, s.allowed_response_hosts, s.allow_http):
+            log.warning("not posting to response_url outside slack.allowed_response_hosts: %.200s", url)
+            return False
+        try:
+            resp = WebhookClient(url, timeout=POST_TIMEOUT_S).send(**msg)
+        except Exception as e:  # network trouble: nothing more we can tell the user
+            log.warning("posting to response_url failed: %s", e)
+            return False
+        if resp.status_code != 200:
+            log.warning("response_url answered %s: %.200s", resp.status_code, resp.body)
+        return resp.status_code == 200
+
+    def shutdown(self, wait: bool = True) -> None:
+        self.pool.shutdown(wait=wait, cancel_futures=True)
+
+
+def init_app(app, cfg: Config, answer: Answer) -> Responder:
+    """Give `app` its own Slack responder (call before registering `bp` to pick the answer source)."""
+    app.extensions["slack"] = Responder(cfg, answer)
+    return app.extensions["slack"]
+
+
+@bp.record_once
+def _default_responder(setup) -> None:
+    """Inside `kbgate serve`: answer with the app's own pipeline."""
+    app = setup.app
+    if "slack" not in app.extensions:
+        st = app.extensions["kbgate"]
+        init_app(app, st.cfg, lambda question, tags: st.get().pipeline.ask(question, tags=tags).as_dict())
+
+
+def _plain(text: str, status: int):
+    return text + "\n", status, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+@bp.post("/slack/commands")
+def commands():
+    raw = request.get_data(cache=True)  # the raw body first: reading .form first would empty it
+    if request.form.get("ssl_check") == "1":
+        return _plain("ok", 200)
+    secret = os.environ.get(SECRET_ENV, "").strip()
+    if not secret:
+        return _plain(f"Slack is not configured on this server: set {SECRET_ENV}", 503)
+    try:
+        valid = SignatureVerifier(secret).is_valid_request(raw, dict(request.headers))
+    except (ValueError, UnicodeDecodeError):  # a timestamp that is no number, a body that is no UTF-8
+        valid = False
+    if not valid:
+        return _plain("invalid or expired Slack signature", 401)
+
+    slack: Responder = current_app.extensions["slack"]
+    cfg, form = slack.cfg, request.form
+    command = form.get("command", cfg.slack.command)
+    text = form.get("text", "").strip()
+    words = text.split(None, 1)
+    public = bool(words) and words[0].lower() == cfg.slack.public_keyword.lower()
+    question = (words[1] if len(words) > 1 else "") if public else text
+    lang = sb.language(question)
+    if not question or command != cfg.slack.command:
+        return jsonify(sb.ephemeral(sb.say("usage", cmd=cfg.slack.command, kw=cfg.slack.public_keyword)))
+    if len(question) > cfg.gate.max_query_chars:
+        return jsonify(sb.ephemeral(sb.say("error", lang, message=(
+            f"the question is longer than {cfg.gate.max_query_chars:,} characters ({len(question):,}); "
+            "shorten it"))))
+    url = form.get("response_url", "")
+    if not allowed_url(url, cfg.slack.allowed_response_hosts, cfg.slack.allow_http):
+        log.warning("refusing a slash command whose response_url is not allow-listed: %.200s", url)
+        return jsonify(sb.ephemeral(sb.say("error", lang, message=(
+            "this server may not reply to this workspace (response_url host not in slack.allowed_response_hosts)"))))
+    tags = cfg.slack.channel_tags.get(form.get("channel_id", "")) or None
+    if not slack.submit(question, [tags] if isinstance(tags, str) else tags, url, public):
+        return jsonify(sb.ephemeral(sb.say("busy", lang)))
+    return jsonify(sb.ephemeral(sb.say("ack", lang, q=sb.fit(question, 300))))

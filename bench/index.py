@@ -1,0 +1,201 @@
+"""Benchmark indexing and retrieval; print a markdown table and update BENCHMARKS.md (section bench:index).
+
+Measures: MiniLM embedding throughput, a full build of kb/, a one-page
+incremental rebuild, `Retriever.search` latency (query embedding + FAISS + BM25
++ fusion) on synthetic indexes of 1k/10k/100k chunks (exact and HNSW), recall@5
+per language, and peak RSS. Run: HF_HUB_OFFLINE=1 .venv/bin/python bench/index.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import re
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from indexer.chunking import Chunk, chunk_page  # noqa: E402
+from indexer.embedders import load_embedder, normalize  # noqa: E402
+from indexer.evaluate import compare, read_queries  # noqa: E402
+from indexer.index import Index, load_index  # noqa: E402
+from indexer.pages import read_pages  # noqa: E402
+from indexer.store import build_index, make_faiss  # noqa: E402
+from indexer.tokenize import tokenize  # noqa: E402
+from kbgate.config import load_config  # noqa: E402
+from kbgate.retrieval import Retriever  # noqa: E402
+
+BENCH_FILE = ROOT / "BENCHMARKS.md"
+START, END = "<!-- bench:index -->", "<!-- /bench:index -->"
+M_START, M_END = "<!-- bench:machine -->", "<!-- /bench:machine -->"
+
+
+def machine() -> str:
+    """Describe the machine in a few lines of markdown."""
+    import faiss
+    import torch
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    mem = next((int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
+    return (f"Machine: {cpu}, {os.cpu_count()} cores, {mem / 2**20:.0f} GiB RAM; Python {platform.python_version()}, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), faiss {faiss.__version__}.")
+
+
+def timed(fn, *a, **kw):
+    t = time.perf_counter()
+    out = fn(*a, **kw)
+    return out, time.perf_counter() - t
+
+
+def percentiles(xs) -> tuple[float, float]:
+    return float(np.percentile(xs, 50) * 1000), float(np.percentile(xs, 95) * 1000)
+
+
+def synthetic_index(n: int, dim: int, real: list[Chunk], hnsw_min: int) -> Index:
+    """An in-memory Index of n chunks: random unit vectors, texts resampled from the real chunks' terms."""
+    import bm25s
+    rng = random.Random(n)
+    vocab = [t for c in real for t in tokenize(c.embed_text)]
+    tokens = [[rng.choice(vocab) for _ in range(rng.randint(40, 120))] for _ in range(n)]
+    bm25 = bm25s.BM25()
+    bm25.index(tokens, show_progress=False)
+    chunks = tuple(Chunk(f"syn/{i // 10}#s{i % 10}", f"syn/{i // 10}", "Synthetic", f"Synthetic › s{i % 10}",
+                         f"s{i % 10}", " ".join(t), "doc", ("syn",), str(i)) for i, t in enumerate(tokens))
+    vecs = normalize(np.random.default_rng(n).standard_normal((n, dim)).astype(np.float32))
+    return Index(Path("."), "synthetic", {}, chunks, tuple(map(str, range(n))), {}, make_faiss(vecs, hnsw_min), bm25)
+
+
+def latency(retriever: Retriever, queries: list[str], rounds: int) -> tuple[float, float, float]:
+    """Return (p50 ms, p95 ms) of Retriever.search and the p50 ms of the search minus query embedding."""
+    qvecs = retriever.embedder.embed(queries)  # (n_queries, dim)
+    for q in queries[:5]:
+        retriever.search(q, 5)  # warm up
+    total, core = [], []
+    for _ in range(rounds):
+        for q, v in zip(queries, qvecs):
+            total.append(timed(retriever.search, q, 5)[1])
+            core.append(timed(retriever._search, q, v, 5, False, None)[1])
+    return (*percentiles(total), percentiles(core)[0])
+
+
+OFF_TOPIC = ["what's the weather in Paris tomorrow", "怎么做红烧肉", "who won the world cup",
+             "best pizza recipe with mozzarella", "how tall is mount everest", "世界杯冠军是谁", "给我讲个笑话",
+             "周杰伦的新歌叫什么", "what is the capital of australia", "股票今天涨了吗", "明天北京天气怎么样",
+             "recommend a good sci-fi novel", "帮我写一首诗", "translate hello into french"]
+
+
+def relevance_rows(retriever: Retriever, queries: list[dict]) -> list[tuple[str, str, str]]:
+    """Top-hit relevance of on-topic queries (per language) against off-topic ones."""
+    def top(q):
+        return max((h.relevance for h in retriever.search(q, 5)), default=0.0)
+    on = {lang: [top(q["query"]) for q in queries if q["lang"] == lang] for lang in ("en", "zh")}
+    off = [top(q) for q in OFF_TOPIC]
+    rows = [(f"top relevance, on-topic {lang} (min / median)", f"{min(v):.2f} / {np.median(v):.2f}",
+             f"{sum(x >= 0.3 for x in v)}/{len(v)} at ≥ 0.3") for lang, v in on.items()]
+    rows.append((f"top relevance, off-topic (max / median)", f"{max(off):.2f} / {np.median(off):.2f}",
+                 f"{len(off)} queries, {sum(x >= 0.3 for x in off)} at ≥ 0.3"))
+    return rows
+
+
+def run(quick: bool) -> list[tuple[str, str, str]]:
+    cfg = load_config()
+    rows: list[tuple[str, str, str]] = []
+    load1 = os.getloadavg()[0]
+    embedder, t_load = timed(load_embedder, cfg)
+    rows.append(("MiniLM load", f"{t_load:.1f} s", ""))
+    pages, _ = read_pages(ROOT / "kb")
+    chunks = [c for p in pages for c in chunk_page(p, cfg.index.chunk_tokens, cfg.index.chunk_overlap,
+                                                   embedder.count_tokens)]
+    sample = [c.embed_text for c in chunks[:128]]
+    _, t = timed(embedder.embed, sample)
+    rows.append(("embedding throughput (MiniLM, kb chunks)", f"{len(sample) / t:.1f} chunks/s",
+                 f"batch {cfg.embedder.batch_size}, chunks ≤ {cfg.index.chunk_tokens} tokens"))
+    with tempfile.TemporaryDirectory() as tmp:
+        kb, ix_dir = Path(tmp) / "kb", Path(tmp) / "ix"
+        shutil.copytree(ROOT / "kb", kb)
+        full, t = timed(build_index, cfg, kb, ix_dir, embedder, progress=False)
+        rows.append(("full build of kb/", f"{t:.1f} s", f"{full.pages} pages, {full.chunks} chunks"))
+        page = kb / pages[0].path
+        page.write_text(page.read_text(encoding="utf-8") + "\n\nOne more line for the benchmark.\n", encoding="utf-8")
+        inc, t = timed(build_index, cfg, kb, ix_dir, embedder, progress=False)
+        rows.append(("one-page incremental rebuild", f"{t:.2f} s", f"{inc.embedded} embedded, {inc.reused} reused "
+                                                                    "(target < 3 s)"))
+        _, t = timed(build_index, cfg, kb, ix_dir, embedder, progress=False)
+        rows.append(("no-change `kbgate index`", f"{t * 1000:.0f} ms", "nothing written"))
+        kb_ix = load_index(ix_dir, embedder)
+    queries = read_queries(ROOT / "tests" / "data" / "retrieval_queries.jsonl")
+    texts = [q["query"] for q in queries]
+    retriever = Retriever(kb_ix, embedder, cfg.retrieval)
+    p50, p95, core = latency(retriever, texts, 1 if quick else 3)
+    rows.append((f"search latency, kb/ ({len(kb_ix)} chunks)", f"p50 {p50:.1f} ms, p95 {p95:.1f} ms",
+                 f"Retriever.search incl. query embedding; without it p50 {core:.1f} ms"))
+    emb = [timed(embedder.embed, [q])[1] for q in texts]
+    rows.append(("query embedding alone (MiniLM)", f"p50 {percentiles(emb)[0]:.1f} ms", "one query per call"))
+    for n in ([1_000, 10_000] if quick else [1_000, 10_000, 100_000]):
+        for kind, hnsw_min in (("exact", 0), ("HNSW", 1)):
+            if kind == "HNSW" and n < 100_000:
+                continue
+            syn, t_build = timed(synthetic_index, n, embedder.dim, chunks, hnsw_min)
+            r = Retriever(syn, embedder, cfg.retrieval)
+            p50, p95, core = latency(r, texts, 1 if quick or n >= 100_000 else 2)
+            rows.append((f"search latency, {n // 1000}k synthetic chunks ({kind})", f"p50 {p50:.1f} ms, p95 {p95:.1f} ms",
+                         f"without query embedding p50 {core:.1f} ms; built in {t_build:.0f} s"))
+            del syn, r
+    res = compare(retriever, queries, 5)
+    for lang in ("zh", "en"):
+        rows.append((f"recall@5 {lang} (dense / BM25 / hybrid)",
+                     " / ".join(f"{res[m][lang]['recall']:.2f}" for m in ("dense", "bm25", "hybrid")),
+                     "MRR " + " / ".join(f"{res[m][lang]['mrr']:.3f}" for m in ("dense", "bm25", "hybrid"))))
+    rows += relevance_rows(retriever, queries)
+    rows.append(("peak RSS", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB", ""))
+    rows.append(("load average (1 min) at start / end", f"{load1:.1f} / {os.getloadavg()[0]:.1f}",
+                 "other jobs on the machine inflate latencies"))
+    return rows
+
+
+def table(rows) -> str:
+    lines = ["| measure | result | notes |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def update_file(section: str) -> None:
+    """Replace (or add) the bench:index section and the machine header, leaving other sections alone."""
+    text = BENCH_FILE.read_text(encoding="utf-8") if BENCH_FILE.exists() else "# Benchmarks\n"
+    head = f"{M_START}\n{machine()}\n{M_END}"
+    if M_START in text:
+        text = re.sub(re.escape(M_START) + r".*?" + re.escape(M_END), lambda _: head, text, flags=re.S)
+    else:
+        first, _, rest = text.partition("\n")
+        text = f"{first}\n\n{head}\n{rest}" if first.startswith("# ") else f"{head}\n\n{text}"
+    block = f"{START}\n{section}\n{END}"
+    if START in text:
+        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    BENCH_FILE.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="skip the 100k-chunk runs, fewer rounds")
+    ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    md = table(run(args.quick))
+    section = f"## Indexing and retrieval (`bench/index.py`, {time.strftime('%Y-%m-%d')})\n\n{md}"
+    print(md)
+    if not args.no_write:
+        update_file(section)
+
+
+if __name__ == "__main__":
+    main()

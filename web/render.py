@@ -1,0 +1,181 @@
+"""Markdown (wiki pages, model answers) to HTML that is safe to put in a page.
+
+Two locks, either enough on its own: markdown-it's "js-default" preset never
+passes raw HTML through (it is escaped as text), and nh3 then keeps only an
+allow-list of tags and attributes (no `img`, no `style`, no event handlers;
+`a[href]` only http, https, mailto or relative, with rel="noopener noreferrer").
+
+Heading ids are the chunker's anchors (`indexer.chunking.Slugger` over the
+headings `indexer.blocks.parse` sees), so a source link `/docs/it/vpn#安装客户端`
+lands on its section. Relative `.md` links between wiki pages become `/docs/<id>`.
+
+Not handled: headings the chunker does not see (setext `===` underlines,
+headings inside lists or quotes) get ids of their own that no source links to.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+from urllib.parse import quote, unquote, urlsplit
+
+import nh3
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+from indexer.blocks import Heading, parse
+from indexer.chunking import Slugger, slugify
+from kbgate.answer import CITATION
+
+TAGS = {"h1", "h2", "h3", "h4", "h5", "h6", "p", "br", "hr", "a", "strong", "em", "s", "del", "code", "pre",
+        "blockquote", "ul", "ol", "li", "table", "thead", "tbody", "tr", "th", "td"}
+ATTRIBUTES = {"a": {"href", "title", "class"}, "ol": {"start"}, "code": {"class"}, "th": {"class"},
+              "td": {"class"}, **{f"h{i}": {"id"} for i in range(1, 7)}}
+CLASSES = {"a": {"cite"}, "th": {"al-left", "al-center", "al-right"}, "td": {"al-left", "al-center", "al-right"}}
+_LANG_CLASS = re.compile(r"^language-[\w+-]{1,30}$")
+_ALIGN = re.compile(r"text-align:(left|center|right)")
+
+
+def sanitize(html: str) -> str:
+    """Keep only the allow-listed tags and attributes (the last line of defence)."""
+    return nh3.clean(html, tags=TAGS, clean_content_tags={"script", "style"}, attributes=ATTRIBUTES,
+                     url_schemes={"http", "https", "mailto"}, link_rel="noopener noreferrer",
+                     attribute_filter=_keep_attribute)
+
+
+def _keep_attribute(tag: str, attr: str, value: str):
+    if attr == "class":
+        if tag == "code":
+            return value if _LANG_CLASS.match(value) else None
+        return value if value in CLASSES.get(tag, ()) else None
+    return value
+
+
+def _markdown(breaks: bool = False) -> MarkdownIt:
+    return MarkdownIt("js-default", {"html": False, "linkify": False, "typographer": False, "breaks": breaks})
+
+
+def docs_href(page_id: str, anchor: str = "") -> str:
+    """The page's own URL for a wiki page (and section)."""
+    return "/docs/" + quote(page_id, safe="/") + (f"#{quote(anchor, safe='')}" if anchor else "")
+
+
+def wiki_link(href: str, page_id: str) -> str | None:
+    """Rewrite a relative `.md` link on page `page_id` to /docs/<id>; None for one leaving the wiki."""
+    parts = urlsplit(href)
+    path = unquote(parts.path)
+    if parts.scheme or parts.netloc or not path.endswith(".md"):
+        return href
+    base = "" if path.startswith("/") else posixpath.dirname(page_id)
+    target = posixpath.normpath(posixpath.join(base, path.lstrip("/")))
+    if target.startswith("..") or target.startswith("/"):
+        return None
+    return docs_href(target[:-3], unquote(parts.fragment))
+
+
+def _cells_to_classes(tokens: list[Token]) -> None:
+    """Table alignment comes as style="" (blocked by the CSP); turn it into a class."""
+    for t in tokens:
+        if t.type in ("th_open", "td_open") and t.attrs.get("style"):
+            m = _ALIGN.search(str(t.attrs.pop("style")))
+            if m:
+                t.attrs["class"] = f"al-{m.group(1)}"
+
+
+def heading_ids(body: str) -> list[tuple[str, str]]:
+    """(heading text, anchor) for each heading, exactly as the chunker names its sections."""
+    slugger = Slugger()
+    return [(el.text, slugger.slug(el.text)) for el in parse(body) if isinstance(el, Heading)]
+
+
+def _anchor_headings(tokens: list[Token], body: str) -> None:
+    """Give each heading the chunker's anchor, matching headings in order by their text."""
+    expected = heading_ids(body)
+    used = {slug for _, slug in expected}
+    pos = 0
+    for i, t in enumerate(tokens):
+        if t.type != "heading_open":
+            continue
+        text = tokens[i + 1].content.strip()
+        found = next((j for j in range(pos, len(expected)) if expected[j][0].strip() == text), None)
+        if found is not None:
+            t.attrs["id"], pos = expected[found][1], found + 1
+            continue
+        slug, n = slugify(text) or "section", 0
+        while slug in used:  # a heading only markdown-it sees: unique, but nothing links to it
+            n += 1
+            slug = f"{slugify(text) or 'section'}-x{n}"
+        used.add(slug)
+        t.attrs["id"] = slug
+
+
+def _rewrite_links(tokens: list[Token], page_id: str) -> None:
+    """Point .md links at /docs/<id>; an image becomes a link to it (no `img`: it would load by itself)."""
+    for t in tokens:
+        children = []
+        for child in t.children or ():
+            if child.type == "image":
+                alt = child.content or "image"
+                children += [Token("link_open", "a", 1, attrs={"href": child.attrs.get("src", "")}),
+                             _text(alt), Token("link_close", "a", -1)]
+                continue
+            if child.type == "link_open":
+                href = wiki_link(str(child.attrs.get("href", "")), page_id)
+                if href is None:
+                    child.attrs.pop("href", None)
+                else:
+                    child.attrs["href"] = href
+            children.append(child)
+        if t.children:
+            t.children = children
+
+
+def render_page(body: str, page_id: str) -> str:
+    """Render a wiki page's markdown body to safe HTML with anchored headings and /docs links."""
+    md = _markdown()
+    tokens = md.parse(body)
+    _anchor_headings(tokens, body)
+    _rewrite_links(tokens, page_id)
+    _cells_to_classes(tokens)
+    return sanitize(md.renderer.render(tokens, md.options, {}))
+
+
+def _cite(children: list[Token], hrefs: dict[int, str]) -> list[Token]:
+    """Split text tokens so each valid `[n]` becomes a link to source n (never inside a link)."""
+    out, depth = [], 0
+    for tok in children:
+        depth += tok.type == "link_open"
+        depth -= tok.type == "link_close"
+        if tok.type != "text" or depth or not CITATION.search(tok.content):
+            out.append(tok)
+            continue
+        last = 0
+        for m in CITATION.finditer(tok.content):
+            href = hrefs.get(int(m.group(1)))
+            if href is None:
+                continue
+            if m.start() > last:
+                out.append(_text(tok.content[last:m.start()]))
+            link = Token("link_open", "a", 1, attrs={"href": href, "class": "cite"})
+            out += [link, _text(m.group(0)), Token("link_close", "a", -1)]
+            last = m.end()
+        if last < len(tok.content):
+            out.append(_text(tok.content[last:]))
+    return out
+
+
+def _text(s: str) -> Token:
+    t = Token("text", "", 0)
+    t.content = s
+    return t
+
+
+def render_answer(answer: str, sources: list[dict]) -> str:
+    """Render a model answer to safe HTML; `[n]` links to source n's page section; newlines stay."""
+    md = _markdown(breaks=True)
+    tokens = md.parse(answer)
+    hrefs = {s["n"]: docs_href(s["page"], s.get("anchor", "")) for s in sources}
+    for t in tokens:
+        if t.type == "inline" and t.children:
+            t.children = _cite(t.children, hrefs)
+    _cells_to_classes(tokens)
+    return sanitize(md.renderer.render(tokens, md.options, {}))
