@@ -29,6 +29,7 @@ from indexer.embedders import load_embedder, normalize  # noqa: E402
 from indexer.evaluate import compare, read_queries  # noqa: E402
 from indexer.index import Index, load_index  # noqa: E402
 from indexer.pages import read_pages  # noqa: E402
+from indexer.search import dense_search  # noqa: E402
 from indexer.store import build_index, make_faiss  # noqa: E402
 from indexer.tokenize import tokenize  # noqa: E402
 from kbgate.config import load_config  # noqa: E402
@@ -59,8 +60,8 @@ def percentiles(xs) -> tuple[float, float]:
     return float(np.percentile(xs, 50) * 1000), float(np.percentile(xs, 95) * 1000)
 
 
-def synthetic_index(n: int, dim: int, real: list[Chunk], hnsw_min: int) -> Index:
-    """An in-memory Index of n chunks: random unit vectors, texts resampled from the real chunks' terms."""
+def synthetic_corpus(n: int, dim: int, real: list[Chunk]):
+    """Return (chunks, bm25, vectors) for n synthetic chunks: texts resampled from real terms, clustered unit vectors."""
     import bm25s
     rng = random.Random(n)
     vocab = [t for c in real for t in tokenize(c.embed_text)]
@@ -69,8 +70,17 @@ def synthetic_index(n: int, dim: int, real: list[Chunk], hnsw_min: int) -> Index
     bm25.index(tokens, show_progress=False)
     chunks = tuple(Chunk(f"syn/{i // 10}#s{i % 10}", f"syn/{i // 10}", "Synthetic", f"Synthetic › s{i % 10}",
                          f"s{i % 10}", " ".join(t), "doc", ("syn",), str(i)) for i, t in enumerate(tokens))
-    vecs = normalize(np.random.default_rng(n).standard_normal((n, dim)).astype(np.float32))
-    return Index(Path("."), "synthetic", {}, chunks, tuple(map(str, range(n))), {}, make_faiss(vecs, hnsw_min), bm25)
+    g = np.random.default_rng(n)
+    centres = g.standard_normal((max(n // 50, 1), dim)).astype(np.float32)  # topics, like real embeddings
+    vecs = normalize(centres[g.integers(0, len(centres), n)] + 0.7 * g.standard_normal((n, dim)).astype(np.float32))
+    return chunks, bm25, vecs
+
+
+def synthetic_index(corpus, ivf_min: int) -> Index:
+    """Wrap a synthetic corpus into an in-memory Index (exact, or IVF when ivf_min <= n)."""
+    chunks, bm25, vecs = corpus
+    return Index(Path("."), "synthetic", {}, chunks, tuple(map(str, range(len(chunks)))), {},
+                 make_faiss(vecs, ivf_min), bm25)
 
 
 def latency(retriever: Retriever, queries: list[str], rounds: int) -> tuple[float, float, float]:
@@ -139,16 +149,25 @@ def run(quick: bool) -> list[tuple[str, str, str]]:
                  f"Retriever.search incl. query embedding; without it p50 {core:.1f} ms"))
     emb = [timed(embedder.embed, [q])[1] for q in texts]
     rows.append(("query embedding alone (MiniLM)", f"p50 {percentiles(emb)[0]:.1f} ms", "one query per call"))
+    qvecs = embedder.embed(texts)  # (n_queries, dim)
     for n in ([1_000, 10_000] if quick else [1_000, 10_000, 100_000]):
-        for kind, hnsw_min in (("exact", 0), ("HNSW", 1)):
-            if kind == "HNSW" and n < 100_000:
+        corpus = synthetic_corpus(n, embedder.dim, chunks)
+        tops = {}
+        for kind, ivf_min in (("exact", 0), ("IVF", 1)):
+            if kind == "IVF" and n < 100_000:
                 continue
-            syn, t_build = timed(synthetic_index, n, embedder.dim, chunks, hnsw_min)
+            syn, t_build = timed(synthetic_index, corpus, ivf_min)
             r = Retriever(syn, embedder, cfg.retrieval)
+            tops[kind] = [set(dense_search(syn, v, 10, nprobe=cfg.retrieval.ivf_nprobe)[0]) for v in qvecs]
             p50, p95, core = latency(r, texts, 1 if quick or n >= 100_000 else 2)
-            rows.append((f"search latency, {n // 1000}k synthetic chunks ({kind})", f"p50 {p50:.1f} ms, p95 {p95:.1f} ms",
-                         f"without query embedding p50 {core:.1f} ms; built in {t_build:.0f} s"))
+            note = f"without query embedding p50 {core:.1f} ms; vector index built in {t_build:.1f} s"
+            if kind == "IVF":
+                agree = np.mean([len(a & b) / 10 for a, b in zip(tops["IVF"], tops["exact"])])
+                note += f"; top-10 overlap with exact {agree:.2f}"
+            rows.append((f"search latency, {n // 1000}k synthetic chunks ({kind})",
+                         f"p50 {p50:.1f} ms, p95 {p95:.1f} ms", note))
             del syn, r
+        del corpus
     res = compare(retriever, queries, 5)
     for lang in ("zh", "en"):
         rows.append((f"recall@5 {lang} (dense / BM25 / hybrid)",

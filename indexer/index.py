@@ -102,6 +102,8 @@ def load_index(index_dir: str | Path, embedder=None) -> Index:
         rows = read_jsonl(vdir / "chunks.jsonl")
         pages = {r["id"]: page_from_row(r) for r in read_jsonl(vdir / "pages.jsonl")}
         vecs = faiss.read_index(str(vdir / "vectors.faiss"))
+        if hasattr(vecs, "make_direct_map"):
+            vecs.make_direct_map()  # IVF: reconstruct() by row
         bm25 = bm25s.BM25.load(str(vdir / "bm25"), show_progress=False)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise IndexUnavailable(f"the index version {name} in {index_dir} is damaged ({type(e).__name__}: {e}); "

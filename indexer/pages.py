@@ -109,6 +109,9 @@ def read_pages(kb_dir: str | Path) -> tuple[list[Page], list[str]]:
         pages.append(page)
     for w in warnings:
         log.warning("warning: %s", w)
+    if not pages and warnings:
+        raise BadInput(f"no readable markdown pages in {root}: {len(warnings)} skipped ({warnings[0]}"
+                       + (", ..." if len(warnings) > 1 else "") + ")")
     if not pages:
-        raise BadInput(f"no markdown pages (*.md) found in {root}" + (f" ({len(warnings)} skipped)" if warnings else ""))
+        raise BadInput(f"no markdown pages (*.md) found in {root}")
     return pages, warnings

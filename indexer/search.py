@@ -13,20 +13,20 @@ from indexer.index import Index
 from indexer.tokenize import is_cjk
 
 
-def dense_search(index: Index, qvec: np.ndarray, n: int, allowed: np.ndarray | None = None):
+def dense_search(index: Index, qvec: np.ndarray, n: int, allowed: np.ndarray | None = None, nprobe: int = 32):
     """Return (rows, cosines) of the n nearest chunks to a normalized (dim,) query vector."""
     import faiss
 
     n = min(n, len(index) if allowed is None else int(allowed.sum()))
     if n <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    params = None
-    if allowed is not None:
-        sel = faiss.IDSelectorBatch(np.flatnonzero(allowed).astype(np.int64))
-        params = (faiss.SearchParametersHNSW(sel=sel, efSearch=max(index.faiss.hnsw.efSearch, n))
-                  if hasattr(index.faiss, "hnsw") else faiss.SearchParameters(sel=sel))
+    sel = faiss.IDSelectorBatch(np.flatnonzero(allowed).astype(np.int64)) if allowed is not None else None
+    if hasattr(index.faiss, "nprobe"):
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+    else:
+        params = faiss.SearchParameters(sel=sel) if sel is not None else None
     scores, rows = index.faiss.search(qvec.reshape(1, -1).astype(np.float32), n, params=params)
-    keep = rows[0] >= 0  # HNSW may return fewer than n
+    keep = rows[0] >= 0  # IVF may find fewer than n in the lists it scans
     return rows[0][keep], scores[0][keep]
 
 

@@ -48,7 +48,7 @@ class IndexConfig:
     chunk_tokens: int = _f(200, "size cap of a chunk, in embedder tokens")
     chunk_overlap: int = _f(40, "tokens repeated between consecutive pieces of a long section")
     keep_versions: int = _f(2, "old index versions kept beside the current one")
-    hnsw_min_chunks: int = _f(0, "use an approximate HNSW vector index from this many chunks on; 0 = always exact")
+    ivf_min_chunks: int = _f(50000, "from this many chunks on, use an approximate IVF vector index; 0 = always exact")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class RetrievalConfig:
     dense_weight_foreign: float = _f(0.25, "dense weight for a query outside the embedder's languages")
     bm25_weight_foreign: float = _f(1.0, "BM25 weight for such a query")
     troubleshooting_boost: float = _f(1.3, "score multiplier for troubleshooting chunks on the troubleshooting route")
+    ivf_nprobe: int = _f(32, "IVF lists scanned per query (more = closer to exact, slower)")
+    faiss_threads: int = _f(1, "OpenMP threads per vector search; 1 is fastest for single queries, 0 = FAISS default")
     dense_floor: float = _f(0.3, "cosine at which dense relevance is 0 (relevance ignores dense below it)")
     dense_ceiling: float = _f(0.65, "cosine at which dense relevance reaches 1")
 

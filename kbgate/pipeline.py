@@ -51,6 +51,24 @@ class Result:
         return asdict(self)
 
 
+class Events:
+    """The event stream of one query, already started: admission (Busy) and the gate ran
+    when it was made. Closing it (or dropping it) frees the job slot."""
+
+    def __init__(self, gen: Iterator[tuple[str, object]]):
+        self._gen = gen
+        self._first = [next(gen)]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[str, object]:
+        return self._first.pop() if self._first else next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()
+
+
 def _snippet(text: str, n: int = 240) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= n else flat[:n].rstrip() + "…"
@@ -81,10 +99,11 @@ class Pipeline:
                        round(float(h.score), 5), round(float(h.relevance), 4), h.type, _snippet(h.text), h.text)
                 for i, h in enumerate(hits)]
 
-    def ask(self, query: str, *, stream: bool = False, k: int | None = None, tags=None):
+    def ask(self, query: str, *, stream: bool = False, k: int | None = None, tags=None,
+            max_new_tokens: int | None = None):
         """Answer one query: a Result, or with stream=True an iterator of (event, data)."""
         query = check_query(query, self.cfg.gate.max_query_chars)
-        events = self._run(query, k or self.cfg.retrieval.k, tags)
+        events = Events(self._run(query, k or self.cfg.retrieval.k, tags, max_new_tokens))
         if stream:
             return events
         for kind, data in events:
@@ -92,14 +111,14 @@ class Pipeline:
                 return data
         raise RuntimeError("pipeline ended without a result")
 
-    def _run(self, query: str, k: int, tags) -> Iterator[tuple[str, object]]:
+    def _run(self, query: str, k: int, tags, max_new_tokens) -> Iterator[tuple[str, object]]:
         self.admit()
         try:
-            yield from self._stages(query, k, tags)
+            yield from self._stages(query, k, tags, max_new_tokens)
         finally:
             self.release()
 
-    def _stages(self, query: str, k: int, tags) -> Iterator[tuple[str, object]]:
+    def _stages(self, query: str, k: int, tags, max_new_tokens) -> Iterator[tuple[str, object]]:
         t0 = time.perf_counter()
         ms = lambda: round((time.perf_counter() - t0) * 1000, 1)  # noqa: E731
         timings: dict = {}
@@ -126,7 +145,7 @@ class Pipeline:
         role = "troubleshoot" if trouble else "answer"
         text, first = "", None
         given = [Passage(p.n, p.title, p.heading, p.text) for p in passages]
-        for piece in self.assistant.stream(role, query, given):
+        for piece in self.assistant.stream(role, query, given, max_new_tokens):
             if isinstance(piece, Finish):
                 break
             if first is None:

@@ -62,8 +62,7 @@ def test_control_characters_and_chat_tokens_are_cleaned(make_services):
 def test_busy_when_all_slots_are_taken(make_services):
     s = make_services(ANSWER, cfg=None, server={"max_pending": 1}, gate={"negative_threshold": 1.01},
                       answer={"min_score": 0.0})
-    stream = s.pipeline.ask("VPN", stream=True)
-    next(stream)  # holds the only slot
+    stream = s.pipeline.ask("VPN", stream=True)  # holds the only slot from here
     with pytest.raises(Busy):
         s.pipeline.ask("VPN")
     stream.close()  # releases it

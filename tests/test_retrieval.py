@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from indexer import embedders
 from indexer.cli import search_cmd
 from indexer.evaluate import compare, recall_at_k
-from indexer.index import load_index
+from indexer.index import Index, load_index
 from indexer.search import dense_search
 from indexer.store import build_index, make_faiss
 from kbgate.config import load_config
@@ -88,16 +88,25 @@ def test_faiss_search_matches_exact_numpy_search(kb_index, minilm):
         assert np.allclose(scores, (vectors @ qv)[exact], atol=1e-5)
 
 
-def test_hnsw_index_agrees_with_exact_search():
+def test_ivf_index_agrees_with_exact_search(tmp_path, index_cfg, small_kb, hash_embedder):
     rng = np.random.default_rng(0)
-    vecs = embedders.normalize(rng.standard_normal((3000, 32)))
-    queries = embedders.normalize(rng.standard_normal((20, 32)))
-    approx = make_faiss(vecs, hnsw_min_chunks=1000)
-    assert "HNSW" in type(approx).__name__
-    _, got = approx.search(queries, 10)
+    centres = rng.standard_normal((100, 32))  # clustered, like real embeddings
+    vecs = embedders.normalize(centres[rng.integers(0, 100, 5000)] + 0.5 * rng.standard_normal((5000, 32)))
+    queries = embedders.normalize(centres[:20] + 0.5 * rng.standard_normal((20, 32)))
+    approx = make_faiss(vecs, ivf_min_chunks=1000)
+    assert "IVF" in type(approx).__name__
     exact = np.argsort(-(queries @ vecs.T), axis=1)[:, :10]
+    ix = Index(tmp_path, "v", {}, (None,) * len(vecs), (), {}, approx, None)  # only the vectors matter here
+    got = [dense_search(ix, q, 10, nprobe=32)[0] for q in queries]
     recall = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact)])
     assert recall >= 0.95
+    assert np.allclose(approx.reconstruct(7), vecs[7], atol=1e-6)
+    # an index built over the threshold round-trips through save/load and still reconstructs
+    cfg = index_cfg.replace(index={"ivf_min_chunks": 2})
+    build_index(cfg, small_kb, tmp_path / "ix", hash_embedder, progress=False)
+    loaded = load_index(tmp_path / "ix", hash_embedder)
+    assert "IVF" in type(loaded.faiss).__name__ and loaded.vectors().shape == (len(loaded), 64)
+    assert Retriever(loaded, hash_embedder, cfg.retrieval).search("annual leave", 3)
 
 
 @pytest.fixture

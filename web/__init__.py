@@ -96,6 +96,8 @@ def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
+        if request.path == "/v1" or request.path.startswith("/v1/"):
+            return openai_api.http_error(e)  # routing 404/405 never reach the blueprint's own handler
         messages = {413: f"request body is larger than {cfg.server.max_body_bytes:,} bytes",
                     404: f"no such endpoint or page: {request.path}",
                     405: f"{request.method} is not allowed on {request.path}"}

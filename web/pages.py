@@ -20,17 +20,17 @@ LANGS = ("zh", "en")
 UI = {
     "zh": {"title": "Wiki 搜索", "search_label": "搜索 Wiki", "placeholder": "输入问题，例如：在家怎么连公司 VPN？",
            "ask": "提问", "sources": "来源", "suggestions": "最接近的页面", "history": "历史记录",
-           "export_md": "导出 Markdown", "export_json": "导出 JSON", "clear": "清空",
+           "export_md": "导出 Markdown", "export_json": "导出 JSON", "clear_history": "清空",
            "history_empty": "还没有提问。", "model": "模型", "device": "设备", "precision": "精度",
            "latency": "上次耗时", "loading": "加载中…", "back": "← 返回搜索", "all_pages": "全部页面",
-           "tags": "标签", "skip": "跳到搜索框", "skip_content": "跳到正文", "error": "出错了", "on_page": "本页", "switch": "English",
+           "tags": "标签", "skip": "跳到搜索框", "skip_content": "跳到正文", "error": "出错了", "switch": "English",
            "status_label": "服务状态"},
     "en": {"title": "Wiki search", "search_label": "Search the wiki", "placeholder": "Ask a question, e.g. how do I connect to the VPN from home?",
            "ask": "Ask", "sources": "Sources", "suggestions": "Closest pages", "history": "History",
-           "export_md": "Export Markdown", "export_json": "Export JSON", "clear": "Clear",
+           "export_md": "Export Markdown", "export_json": "Export JSON", "clear_history": "Clear",
            "history_empty": "No questions yet.", "model": "Model", "device": "Device", "precision": "Precision",
            "latency": "Last latency", "loading": "loading…", "back": "← Back to search", "all_pages": "All pages",
-           "tags": "Tags", "skip": "Skip to the search box", "skip_content": "Skip to the content", "error": "Error", "on_page": "On this page",
+           "tags": "Tags", "skip": "Skip to the search box", "skip_content": "Skip to the content", "error": "Error",
            "switch": "中文", "status_label": "Service status"},
 }
 

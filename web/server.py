@@ -26,6 +26,12 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = 
     return server, f"http://{host}:{server.effective_port}"
 
 
+def stop(server) -> None:
+    """Close a server from serve_in_thread in its own loop thread (closing from another races select())."""
+    from waitress import wasyncore
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+
+
 def run(cfg: Config, host: str, port: int, index_dir=None) -> None:
     """Bind, start loading models and index in the background, and serve until interrupted."""
     from kbgate.service import load_services

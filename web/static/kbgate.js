@@ -99,10 +99,15 @@
       const where = s.heading && s.heading !== s.title ? `${s.title} › ${s.heading.split(" › ").pop()}` : s.title;
       li.append(el("a", { href: docsHref(s.page, s.anchor), class: "source-link" }, where));
       if (boxId === "sources") li.append(el("span", { class: "score" }, ` ${Math.round((s.relevance || 0) * 100)}%`));
-      if (s.snippet) li.append(el("p", { class: "snippet" }, s.snippet));
+      if (s.snippet) li.append(el("p", { class: "snippet" }, plain(s.snippet)));
       ol.append(li);
     }
     $(boxId + "-box").hidden = list.length === 0;
+  }
+
+  // A snippet is raw markdown: show links as their text and drop emphasis and code marks.
+  function plain(md) {
+    return md.replace(/!?\[([^\]]*)\]\([^)]*\)/g, "$1").replace(/\*\*|__|`/g, "").replace(/^#{1,6}\s+/gm, "");
   }
 
   // Answer text with each valid [n] as a link to source n, built as DOM nodes (no HTML parsing).

@@ -1,0 +1,100 @@
+"""Benchmark the sentiment gate: latency (float32 vs bfloat16, with and without the cached
+prefix), batch throughput, accuracy and confusion matrix on tests/data/sentiment_eval.jsonl,
+and how the routing threshold trades negatives caught against plain questions misrouted.
+
+Usage: python bench/gate.py [--rounds 20] [--no-write]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from common import ROOT, percentiles, table, update_file
+
+from kbgate.config import load_config
+from kbgate.gate import LABELS, SentimentGate
+from kbgate.lm import LanguageModel
+from kbgate.prompts import Prompts
+from kbgate.provision import fetch_generator
+
+EVAL = ROOT / "tests" / "data" / "sentiment_eval.jsonl"
+
+
+def latency(gate: SentimentGate, texts: list[str], cached: bool) -> tuple[float, float]:
+    times = []
+    for t in texts:
+        ids = gate.prompt_ids(t)
+        t0 = time.perf_counter()
+        gate.lm.last_logits([ids], vocab=gate.label_ids, use_cache=cached)
+        times.append(time.perf_counter() - t0)
+    return percentiles(times)
+
+
+def accuracy(gate: SentimentGate, rows: list[dict]):
+    t0 = time.perf_counter()
+    res = gate.classify([r["text"] for r in rows])
+    secs = time.perf_counter() - t0
+    conf = {(a, b): 0 for a in LABELS for b in LABELS}
+    for r, s in zip(rows, res):
+        conf[(r["label"], s.label)] += 1
+    acc = sum(conf[(a, a)] for a in LABELS) / len(rows)
+    by_lang = {}
+    for lang in ("zh", "en"):
+        pairs = [(r, s) for r, s in zip(rows, res) if r["lang"] == lang]
+        by_lang[lang] = sum(r["label"] == s.label for r, s in pairs) / max(1, len(pairs))
+    return res, acc, conf, by_lang, secs
+
+
+def routing(rows, res, threshold: float) -> dict:
+    routed = [s.probs["negative"] >= threshold for s in res]
+    neg = [x for r, x in zip(rows, routed) if r["label"] == "negative"]
+    plain = [x for r, x in zip(rows, routed) if r["kind"] in ("howto", "lookup")]
+    other = [x for r, x in zip(rows, routed) if r["label"] != "negative"]
+    return {"neg_recall": sum(neg) / len(neg), "howto_routed": sum(plain), "howto_n": len(plain),
+            "non_negative_routed": sum(other), "non_negative_n": len(other)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=20, help="30-character queries timed per setting")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    cfg = load_config()
+    path = fetch_generator(cfg)
+    prompts = Prompts(cfg.path(cfg.prompts.dir))
+    rows = [json.loads(line) for line in open(EVAL, encoding="utf-8") if line.strip()]
+    thirty = [r["text"] for r in rows if 25 <= len(r["text"]) <= 35][: args.rounds]
+    out, md_rows = {}, []
+    for dtype in ("float32", "bfloat16"):
+        lm = LanguageModel.load(path, dtype)
+        gate = SentimentGate(lm, prompts, cfg.gate)
+        gate.classify(thirty[:2])  # warm-up
+        for cached in (False, True):
+            p50, p95 = latency(gate, thirty, cached)
+            md_rows.append((f"gate latency, {dtype}, {'cached' if cached else 'no'} prefix",
+                            f"p50 {p50:.0f} ms, p95 {p95:.0f} ms",
+                            f"{len(thirty)} queries of 25-35 chars; prefix {gate.prefix_tokens} tokens"))
+        out[dtype] = gate
+    gate = out["bfloat16" if "bfloat16" in out else "float32"]
+    res, acc, conf, by_lang, secs = accuracy(gate, rows)
+    md_rows.append(("batch throughput (bf16, batch %d)" % cfg.gate.batch_size,
+                    f"{len(rows) / secs:.1f} texts/s", f"{len(rows)} texts in {secs:.1f} s"))
+    md_rows.append(("accuracy (3 labels)", f"{acc:.1%}",
+                    f"zh {by_lang['zh']:.1%}, en {by_lang['en']:.1%}; n={len(rows)}; target 90%"))
+    for t in (0.4, cfg.gate.negative_threshold, 0.6):
+        r = routing(rows, res, t)
+        md_rows.append((f"routing at P(negative) ≥ {t}",
+                        f"negatives caught {r['neg_recall']:.0%}",
+                        f"how-to/lookup misrouted {r['howto_routed']}/{r['howto_n']}, "
+                        f"all non-negative misrouted {r['non_negative_routed']}/{r['non_negative_n']}"))
+    matrix = table([(a, *(conf[(a, b)] for b in LABELS)) for a in LABELS],
+                   header=("true \\ predicted", *LABELS))
+    body = table(md_rows) + "\n\nConfusion matrix (bfloat16, cached prefix):\n\n" + matrix
+    print(body)
+    if not args.no_write:
+        update_file("gate", "Sentiment gate (`bench/gate.py`)", body)
+
+
+if __name__ == "__main__":
+    main()
