@@ -14,6 +14,7 @@ between `<!-- bench:service -->` and `<!-- /bench:service -->`.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import re
@@ -85,7 +86,7 @@ def row(lv: Level) -> str:
     ok = len(lv.latencies)
     others = ", ".join(f"{k}×{v}" for k, v in sorted(lv.statuses.items(), key=str) if k != 200) or "none"
     fmt = lambda s: f"{s * 1000:,.0f}" if ok else "–"  # noqa: E731
-    return (f"| `{lv.path}` | {lv.clients} | {lv.requests} | {ok} | {fmt(pct(lv.latencies, 50))} | "
+    return (f"| {lv.name} | {lv.clients} | {lv.requests} | {ok} | {fmt(pct(lv.latencies, 50))} | "
             f"{fmt(pct(lv.latencies, 95))} | {fmt(max(lv.latencies) if ok else 0)} | {ok / lv.wall:.2f} | "
             f"{others} | {len(lv.bad)} |")
 
@@ -118,7 +119,17 @@ def start_server(index_dir: str | None):
     notes = (f"model {info['name']} on {info['device']} ({info['precision']}), embedder {info['embedder']}; "
              f"waitress threads={cfg.server.threads}, max_pending={cfg.server.max_pending}, "
              f"max_new_tokens={cfg.answer.max_new_tokens}")
-    return server, base, notes
+    return server, base, notes, services
+
+
+def start_tight_server(services, max_pending: int = 2):
+    """A second app over the same models with a short job queue and more threads than slots."""
+    from kbgate.service import build
+    from web import create_app
+    from web.server import serve_in_thread
+
+    cfg = services.cfg.replace(server={"max_pending": max_pending})
+    return serve_in_thread(create_app(cfg, services=build(cfg, services.lm, services.retriever)), threads=16)
 
 
 def write_section(text: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
@@ -140,16 +151,19 @@ def main(argv=None) -> int:
                     help="/api/search requests at 1, 4 and 16 clients (real answers take ~20 s each)")
     ap.add_argument("--sentiment", type=int, nargs=3, default=[16, 32, 64], metavar=("SEQ", "C4", "C16"),
                     help="/api/sentiment requests (one text each) at 1, 4 and 16 clients")
+    ap.add_argument("--overload", type=int, default=48, metavar="N",
+                    help="in-process only: N sentiment requests at 16 clients against a queue of 2 (0 = skip)")
     ap.add_argument("--gate-only", action="store_true", help="only /api/sentiment: minutes faster")
     ap.add_argument("--timeout", type=float, default=1800, help="per-request client timeout, seconds")
     ap.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
     args = ap.parse_args(argv)
 
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth" is the point here
     load = os.getloadavg()[0]
-    server, notes = None, f"server at {args.url}"
+    server, notes, services = None, f"server at {args.url}", None
     base = args.url.rstrip("/") if args.url else None
     if base is None:
-        server, base, notes = start_server(args.index)
+        server, base, notes, services = start_server(args.index)
     requests.get(base + "/readyz", timeout=30).raise_for_status()
     plan = [] if args.gate_only else [("/api/search", n, c) for n, c in zip(args.search, (1, 4, 16))]
     plan += [("/api/sentiment", n, c) for n, c in zip(args.sentiment, (1, 4, 16))]
@@ -159,7 +173,17 @@ def main(argv=None) -> int:
         requests.post(base + "/api/sentiment", json={"texts": ["warm-up"]}, timeout=args.timeout)
         for path, n, c in plan:
             print(f"{path}: {n} requests from {c} clients ...", file=sys.stderr, flush=True)
-            levels.append(run_level(base, Level(f"{path} c={c}", path, n, c), args.timeout))
+            levels.append(run_level(base, Level(f"`{path}`", path, n, c), args.timeout))
+            print(row(levels[-1]), file=sys.stderr, flush=True)
+        if services is not None and args.overload:
+            tight, tight_base = start_tight_server(services)
+            print(f"queue full: {args.overload} /api/sentiment requests from 16 clients, max_pending=2 ...",
+                  file=sys.stderr, flush=True)
+            try:
+                levels.append(run_level(tight_base, Level("`/api/sentiment`, queue of 2", "/api/sentiment",
+                                                          args.overload, 16), args.timeout))
+            finally:
+                tight.close()
             print(row(levels[-1]), file=sys.stderr, flush=True)
     finally:
         if server is not None:
@@ -171,9 +195,12 @@ def main(argv=None) -> int:
         f"load average {load:.1f} at the start: **a machine shared with other engineers' test runs**, so "
         f"absolute numbers are pessimistic and noisy. {notes}. Total {time.perf_counter() - t0:,.0f} s.", "",
         table(levels), "",
-        "Latencies are of successful (200) requests, client side, nearest-rank percentiles. Answers share one "
-        "model whose forward passes are serialized, so concurrent clients mostly queue: throughput stays flat "
-        "while latency grows with the number of clients. A full queue answers 503 with `Retry-After`; "
+        "Latencies are of successful (200) requests, client side, nearest-rank percentiles (with fewer than 20 "
+        "requests p95 is the slowest one). Answers share one "
+        "model whose forward passes are serialized, so concurrent clients mostly queue (in waitress's task queue, "
+        "as threads = max_pending): throughput stays flat while latency grows with the number of clients. The "
+        "'queue of 2' row serves the same models with max_pending=2 and 16 threads, so the queue overflows: "
+        "those requests are answered 503 with `Retry-After` at once, as a client should see; "
         f"'bad 5xx' counts anything else in the 5xx range or a dropped connection ({bad} in this run).",
     ])
     print("\n" + text)

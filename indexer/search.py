@@ -10,10 +10,12 @@ import math
 import numpy as np
 
 from indexer.index import Index
+from indexer.threads import omp_threads
 from indexer.tokenize import is_cjk
 
 
-def dense_search(index: Index, qvec: np.ndarray, n: int, allowed: np.ndarray | None = None, nprobe: int = 32):
+def dense_search(index: Index, qvec: np.ndarray, n: int, allowed: np.ndarray | None = None, nprobe: int = 64,
+                 threads: int = 1):
     """Return (rows, cosines) of the n nearest chunks to a normalized (dim,) query vector."""
     import faiss
 
@@ -25,7 +27,8 @@ def dense_search(index: Index, qvec: np.ndarray, n: int, allowed: np.ndarray | N
         params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
     else:
         params = faiss.SearchParameters(sel=sel) if sel is not None else None
-    scores, rows = index.faiss.search(qvec.reshape(1, -1).astype(np.float32), n, params=params)
+    with omp_threads(threads):
+        scores, rows = index.faiss.search(qvec.reshape(1, -1).astype(np.float32), n, params=params)
     keep = rows[0] >= 0  # IVF may find fewer than n in the lists it scans
     return rows[0][keep], scores[0][keep]
 
@@ -55,6 +58,14 @@ def bm25_search(index: Index, tokens: list[str], n: int, allowed: np.ndarray | N
     return order, masked[order], scores
 
 
+def _contains(docs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Membership of rows in a posting list (sorted doc ids, as a CSC column is): O(k log n)."""
+    if not len(docs):
+        return np.zeros(len(rows), bool)
+    pos = np.minimum(np.searchsorted(docs, rows), len(docs) - 1)
+    return docs[pos] == rows
+
+
 def coverage(index: Index, tokens: list[str], rows) -> np.ndarray:
     """Return, per row, the IDF-weighted share of the query's distinct terms the chunk contains, in [0, 1].
 
@@ -77,7 +88,7 @@ def coverage(index: Index, tokens: list[str], rows) -> np.ndarray:
         docs = indices[indptr[tid]:indptr[tid + 1]] if tid is not None else indices[:0]
         idf = math.log(1 + (n_docs - len(docs) + 0.5) / (len(docs) + 0.5))
         total += idf
-        present = np.isin(rows, docs)
+        present = _contains(docs, rows)
         if is_cjk(t[0]):
             present |= np.array([t in x for x in texts])
         got += idf * present

@@ -63,7 +63,7 @@ def make_faiss(vectors: np.ndarray, ivf_min_chunks: int = 0):
 
     Exact search is memory-bound: about 12-17 ms per query at 100k x 384 on one
     core, too close to the 20 ms budget once the query is embedded. IVF-Flat
-    with ~4*sqrt(n) lists scans 32 of them (`ivf_nprobe`): under 1 ms, exact
+    with ~4*sqrt(n) lists scans 64 of them (`ivf_nprobe`): about 1 ms, exact
     scores for what it scans; it may miss a neighbour in an unscanned list.
     (HNSW was measured too: 290 s to build 100k on 2 cores, so not used.)
     """
@@ -93,22 +93,27 @@ def build_bm25(texts: list[str]):
     return bm25
 
 
-def _previous(index_dir: Path, embedder_name: str) -> tuple[Index | None, dict | None]:
-    """Return (previous index or None, its manifest or None); a damaged one is simply not reused."""
+def _current(index_dir: Path, embedder_name: str) -> tuple[str | None, dict | None, bool]:
+    """Return (current version, its manifest, whether its vectors are reusable by this embedder)."""
     name = current_version(index_dir)
     if name is None:
-        return None, None
+        return None, None, False
     try:
         manifest = read_manifest(index_dir / name)
     except (OSError, ValueError):
-        return None, None
-    if manifest.get("format_version") != FORMAT_VERSION or manifest.get("embedder", {}).get("name") != embedder_name:
-        return None, manifest
+        return name, None, False  # damaged: rebuilt from scratch
+    same = (manifest.get("format_version") == FORMAT_VERSION
+            and (manifest.get("embedder") or {}).get("name") == embedder_name)
+    return name, manifest, same
+
+
+def _load_previous(index_dir: Path) -> Index | None:
+    """Load the current version for vector reuse; a damaged one is simply not reused."""
     try:
-        return load_index(index_dir), manifest
+        return load_index(index_dir)
     except IndexUnavailable as e:
         log.warning("warning: previous index not reused: %s", e)
-        return None, manifest
+        return None
 
 
 def _settings(cfg) -> dict:
@@ -123,11 +128,11 @@ def build_index(cfg, kb_dir: str | Path, index_dir: str | Path, embedder, progre
     pages, warnings = read_pages(kb_dir)
     page_hashes = {p.id: p.sha256 for p in pages}
     with build_lock(index_dir):
-        prev, prev_manifest = _previous(index_dir, embedder.name)
-        if (prev is not None and prev_manifest.get("pages") == page_hashes
-                and prev_manifest.get("settings") == _settings(cfg)):
-            return BuildSummary(len(pages), len(prev), 0, 0, 0, time.perf_counter() - t0, prev.version,
-                                up_to_date=True, warnings=tuple(warnings))
+        current, manifest, reusable = _current(index_dir, embedder.name)
+        if reusable and manifest.get("pages") == page_hashes and manifest.get("settings") == _settings(cfg):
+            return BuildSummary(len(pages), manifest.get("chunk_count", 0), 0, 0, 0, time.perf_counter() - t0,
+                                current, up_to_date=True, warnings=tuple(warnings))
+        prev = _load_previous(index_dir) if reusable else None
         chunks = [c for p in pages for c in chunk_page(p, cfg.index.chunk_tokens, cfg.index.chunk_overlap,
                                                        embedder.count_tokens)]
         if not chunks:

@@ -11,7 +11,8 @@ from typing import Iterator
 
 from kbgate.compress import compress
 from kbgate.config import AnswerConfig, EscalationConfig
-from kbgate.lm import Finish, LanguageModel, strip_special
+from kbgate.lm import Finish, LanguageModel
+from kbgate.text import strip_special
 from kbgate.prompts import Prompts, fill
 
 NO_ANSWER = "NO_ANSWER"
@@ -125,7 +126,8 @@ class Assistant:
                max_new_tokens: int | None = None) -> Iterator[str | Finish]:
         """Stream the reply; a reply that starts with NO_ANSWER yields nothing but the Finish."""
         ids = self.prompt_ids(role, question, passages)
-        gen = self.lm.generate(ids, max_new_tokens=max_new_tokens or self.cfg.max_new_tokens)
+        gen = self.lm.generate(ids, max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
+                               repetition_penalty=self.cfg.repetition_penalty)
         head = ""
         for piece in gen:
             if isinstance(piece, Finish):

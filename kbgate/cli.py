@@ -11,6 +11,7 @@ import click
 from indexer.cli import index_cmd, search_cmd
 from kbgate.config import Config, load_config
 from kbgate.errors import KBGateError
+from web.slack_proxy import slack_proxy_cmd
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub ids in config still work where set to 0
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -34,6 +35,7 @@ def main(ctx, config_path):
 
 main.add_command(index_cmd)
 main.add_command(search_cmd)
+main.add_command(slack_proxy_cmd)
 
 
 @main.group()
@@ -87,13 +89,14 @@ def ask(query, index_dir, as_json):
     from kbgate.service import load_services
 
     cfg = _cfg()
+    streamed = ""
     try:
         services = load_services(cfg, index_dir)
-        events = services.pipeline.ask(query, stream=True)
-        for kind, data in events:
+        for kind, data in services.pipeline.ask(query, stream=True):
             if kind == "sentiment" and not as_json:
                 click.echo(f"[{data['label']} {data['confidence']:.2f}]", err=True)
             elif kind == "token" and not as_json:
+                streamed += data
                 click.echo(data, nl=False)
             elif kind == "done":
                 result = data.as_dict()
@@ -102,10 +105,11 @@ def ask(query, index_dir, as_json):
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
         return
-    if result["route"] == "no_answer":
-        click.echo(result["answer"])
+    if result["answer"].strip() != streamed.strip():
+        # the grounding check added citations, or turned the reply into "no answer"
+        click.echo(("\n\n--- " if streamed else "") + result["answer"])
     click.echo("")
-    for s in result["sources"]:
+    for s in result["sources"] or result["suggestions"]:
         click.echo(f"[{s['n']}] {s['title']} › {s['heading']}  {s['url']}")
     click.echo(f"route: {result['route']} ({result['reason']}); timings ms: {result['timings_ms']}", err=True)
 

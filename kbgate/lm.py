@@ -11,15 +11,12 @@ Not handled: batched generation (decode is one sequence at a time), GPUs.
 from __future__ import annotations
 
 import copy
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
-
-SPECIAL = re.compile(r"<\|[^|<>]{1,40}\|>")
 
 
 def cpu_has_bf16() -> bool:
@@ -137,9 +134,13 @@ class LanguageModel:
 
     # ---- generation ------------------------------------------------------------
     def generate(self, ids: list[int], max_new_tokens: int = 200, temperature: float = 0.0,
-                 top_p: float = 1.0, stop: list[str] | None = None,
-                 seed: int | None = None) -> Iterator[str | Finish]:
-        """Yield text pieces as tokens are decoded, then one `Finish`."""
+                 top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
+                 repetition_penalty: float = 1.0) -> Iterator[str | Finish]:
+        """Yield text pieces as tokens are decoded, then one `Finish`.
+
+        `repetition_penalty` > 1 damps tokens this reply already produced (not the
+        prompt's: copying from the passages is what a grounded answer should do).
+        """
         cache, start = self._cached(ids)
         if cache is None:
             from transformers import DynamicCache
@@ -152,6 +153,10 @@ class LanguageModel:
             with self.lock, torch.inference_mode():
                 logits = self.model(input_ids=torch.tensor([step_in]), past_key_values=cache,
                                     use_cache=True, logits_to_keep=1).logits[0, -1].float()
+                if repetition_penalty != 1.0 and out:
+                    seen = torch.tensor(sorted(set(out)))
+                    vals = logits[seen]
+                    logits[seen] = torch.where(vals > 0, vals / repetition_penalty, vals * repetition_penalty)
             nxt = _sample(logits, temperature, top_p, gen)
             if nxt in self.eos_ids:
                 reason = "stop"
@@ -184,8 +189,3 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen) -> int:
         keep = torch.cumsum(sp, 0) - sp < top_p
         probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
     return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
-
-
-def strip_special(text: str) -> str:
-    """Remove chat-control tokens like <|im_end|> from untrusted text before it enters a prompt."""
-    return SPECIAL.sub("", text)

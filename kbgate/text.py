@@ -5,12 +5,18 @@ import re
 import unicodedata
 
 from kbgate.errors import BadInput, TooLarge
-from kbgate.lm import strip_special
+
+SPECIAL = re.compile(r"<\|[^|<>]{1,40}\|>")
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile(r"[A-Za-z]")
+
+
+def strip_special(text: str) -> str:
+    """Remove chat-control tokens like <|im_end|> from untrusted text before it enters a prompt."""
+    return SPECIAL.sub("", text)
 
 
 def clean_text(text: str) -> str:

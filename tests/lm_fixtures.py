@@ -59,7 +59,8 @@ class ScriptedLM(LanguageModel):
         self._prefixes = base._prefixes
         self.reply, self.delay, self.generated = reply, delay, 0
 
-    def generate(self, ids, max_new_tokens=200, temperature=0.0, top_p=1.0, stop=None, seed=None):
+    def generate(self, ids, max_new_tokens=200, temperature=0.0, top_p=1.0, stop=None, seed=None,
+                 repetition_penalty=1.0):
         pieces = [self.reply[i:i + 3] for i in range(0, len(self.reply), 3)][:max_new_tokens]
         for p in pieces:
             time.sleep(self.delay)

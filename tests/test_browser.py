@@ -178,7 +178,7 @@ def test_real_models_answer_then_troubleshoot(page, serve, real_services, tmp_pa
         shutil.copy(shot, SCREENSHOT)
     assert follow_first_source(page)  # landed on a section
     page.goto(f"{url}/?lang=zh")
-    ask(page, "VPN 又连不上了，烦死了！试了三次都不行，到底怎么办？", timeout_ms=120_000)
+    ask(page, "打印机又卡纸了，气死我了，怎么办？", timeout_ms=120_000)
     assert page.get_attribute("#badge", "data-label") == "negative"
     assert wait_done(page, timeout_ms=240_000) == "troubleshooting"
     assert real_services.cfg.escalation.url in page.inner_text("#answer")

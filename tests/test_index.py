@@ -119,6 +119,9 @@ def test_missing_or_empty_folder_is_bad_input(tmp_path):
     (tmp_path / "empty" / "notes.txt").write_text("not markdown")
     with pytest.raises(BadInput, match="no markdown pages"):
         read_pages(tmp_path / "empty")
+    write_kb(tmp_path / "bad", {"a.md": b"\xff\xfe\x00junk"})
+    with pytest.raises(BadInput, match=r"no readable markdown pages .*\(a.md: not UTF-8"):
+        read_pages(tmp_path / "bad")
 
 
 def test_bad_files_are_skipped_or_read_without_front_matter(index_cfg, small_kb, tmp_path, hash_embedder):

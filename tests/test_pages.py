@@ -35,6 +35,7 @@ def test_search_page_has_the_form_status_bar_and_no_inline_code(client):
     assert r.status_code == 200 and r.mimetype == "text/html"
     html = r.get_data(as_text=True)
     assert '<html lang="en">' in html and 'id="q"' in html and 'role="search"' in html
+    assert ">Clear<" in html and "built-in method" not in html  # every label is a string, not a dict method
     assert 'id="sb-model"' in html and 'id="sb-latency"' in html and 'aria-live="polite"' in html
     assert re.search(r'<script src="/static/kbgate.js"', html) and 'href="/static/kbgate.css"' in html
     assert not re.search(r"<script(?![^>]*\bsrc=)", html) and "<style" not in html and " style=" not in html

@@ -165,3 +165,10 @@ def test_multilingual_use_backend_reads_chinese(tmp_path, retrieval_queries):
     res = compare(Retriever(load_index(tmp_path / "ix", emb), emb, cfg.retrieval), retrieval_queries, k=5)
     assert res["dense"]["zh"]["recall"] >= 0.9, _fmt(res)
     assert res["hybrid"]["zh"]["mrr"] > max(res["dense"]["zh"]["mrr"], res["bm25"]["zh"]["mrr"]), _fmt(res)
+
+
+def test_search_leaves_the_openmp_thread_count_alone(small_retriever):
+    import faiss
+    before = faiss.omp_get_max_threads()
+    small_retriever.search("annual leave", 3)
+    assert faiss.omp_get_max_threads() == before  # torch shares it: the language model must keep its threads

@@ -223,7 +223,7 @@ def test_empty_text_gets_the_usage_hint(slack_app, sink, text):
     app = slack_app()
     r = ask(app, text, sink.url)
     assert r.status_code == 200 and r.json["response_type"] == "ephemeral"
-    assert "Usage: `/ask <question>`" in r.json["text"] and "`/ask public <question>`" in r.json["text"]
+    assert "Usage: `/ask &lt;question&gt;`" in r.json["text"] and "`/ask public &lt;question&gt;`" in r.json["text"]
     assert app.extensions["slack"].accepted == 0
 
 
@@ -377,7 +377,7 @@ def test_real_models_answer_a_signed_command_with_a_cited_kb_page(real_services,
         t0 = time.monotonic()
         r = ask(app, "How do I connect to the VPN from home?", sink.url)
         assert r.status_code == 200 and time.monotonic() - t0 < 3
-        msg = sink.wait(1, timeout=180)[0]
+        msg = sink.wait(1, timeout=600)[0]  # the first real answer can take minutes on a busy 2-core CPU
     finally:
         app.extensions["slack"].shutdown()
     assert_valid_blocks(msg)

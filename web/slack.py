@@ -146,7 +146,8 @@ def commands():
     question = (words[1] if len(words) > 1 else "") if public else text
     lang = sb.language(question)
     if not question or command != cfg.slack.command:
-        return jsonify(sb.ephemeral(sb.say("usage", cmd=cfg.slack.command, kw=cfg.slack.public_keyword)))
+        usage = sb.say("usage", cmd=sb.escape(cfg.slack.command), kw=sb.escape(cfg.slack.public_keyword))
+        return jsonify(sb.ephemeral(usage))
     if len(question) > cfg.gate.max_query_chars:
         return jsonify(sb.ephemeral(sb.say("error", lang, message=(
             f"the question is longer than {cfg.gate.max_query_chars:,} characters ({len(question):,}); "

@@ -11,44 +11,39 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, urlsplit
 
+from kbgate.text import language  # torch-free, so the proxy process can use it
+
 MAX_BLOCKS = 50
 SECTION_CHARS = 3000
 HEADER_CHARS = 150
 CONTEXT_ELEMENTS = 10
 FALLBACK_CHARS = 3000
 
-# The rule of kbgate.text.language, repeated so the proxy never imports torch (via kbgate.lm).
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 
 BADGES = {"positive": ("😄", "正面", "positive"), "neutral": ("😐", "中性", "neutral"),
           "negative": ("😟", "负面", "negative")}
 ROUTES = {"answer": ("回答", "answer"), "troubleshooting": ("故障排查", "troubleshooting"),
           "no_answer": ("未找到答案", "no answer")}
-TEXT = {  # (zh, en); {q} and {message} are escaped before they are filled in
+USAGE = ("Usage: `{cmd} &lt;question&gt;`, e.g. `{cmd} how do I connect to the VPN?` "
+         "(add `{kw}` to answer in the channel: `{cmd} {kw} &lt;question&gt;`).\n"
+         "用法：`{cmd} 你的问题`，例如 `{cmd} 在家怎么连 VPN？`（加 `{kw}` 在频道里公开回答）。")
+TEXT = {  # (zh, en); values are escaped before they are filled in
     "ack": ("🔎 正在 Wiki 中搜索：{q}", "🔎 Searching the wiki for: {q}"),
-    "usage": ("Usage: `{cmd} <question>`, e.g. `{cmd} how do I connect to the VPN?` "
-              "(add `{kw}` to answer in the channel: `{cmd} {kw} <question>`).\n"
-              "用法：`{cmd} 你的问题`，例如 `{cmd} 在家怎么连 VPN？`（加 `{kw}` 在频道里公开回答）。", None),
+    "usage": (USAGE, USAGE),
     "busy": ("⏳ 正在回答的问题太多了，请一分钟后再试。",
              "⏳ kbgate is busy answering other questions; try again in a minute."),
     "error": ("⚠️ 抱歉，没能回答这个问题：{message}", "⚠️ Sorry, I could not answer that: {message}"),
     "sources": ("来源", "Sources"),
     "closest": ("最接近的页面", "Closest pages"),
-    "escalate": ("🆘 *仍未解决？* 请联系 {contact}，或 <{url}|提交工单>。",
-                 "🆘 *Still stuck?* Contact {contact}, or <{url}|open a ticket>."),
+    "escalate": ("🆘 *仍未解决？* 请联系 {contact}，或{ticket}。", "🆘 *Still stuck?* Contact {contact}, or {ticket}."),
+    "ticket": ("提交工单", "open a ticket"),
 }
-
-
-def language(text: str) -> str:
-    """'zh' when CJK characters make up a fair share of the letters, else 'en'."""
-    cjk = len(_CJK.findall(text))
-    return "zh" if cjk and cjk >= len(re.findall(r"[A-Za-z]+", text)) else "en"
 
 
 def say(key: str, lang: str = "en", **values) -> str:
     zh, en = TEXT[key]
-    return (zh if lang == "zh" or en is None else en).format(**values)
+    return (zh if lang == "zh" else en).format(**values)
 
 
 def escape(text: str) -> str:
@@ -95,7 +90,7 @@ def link(url: str, label: str) -> str:
 
 
 def badge(label: str, confidence: float | None, lang: str) -> str:
-    emoji, zh, en = BADGES.get(label, ("❔", label, label))
+    emoji, zh, en = BADGES.get(label, ("❔", escape(str(label)), escape(str(label))))
     pct = f" ({confidence:.0%})" if isinstance(confidence, (int, float)) else ""
     return f"{emoji} {zh if lang == 'zh' else en}{pct}"
 
@@ -128,12 +123,13 @@ def answer_message(result: dict, *, contact: str, ticket_url: str, public: bool 
     lang = language(query)
     sentiment = result.get("sentiment") or {}
     status = f"{badge(sentiment.get('label', '?'), sentiment.get('confidence'), lang)} · " \
-             f"*{ROUTES.get(route, (route, route))[0 if lang == 'zh' else 1]}*"
+             f"*{ROUTES.get(route, (escape(str(route)),) * 2)[0 if lang == 'zh' else 1]}*"
     head = [{"type": "header", "text": {"type": "plain_text", "text": fit(query, HEADER_CHARS), "emoji": True}},
             _section(status)]
     tail = []
     if route == "troubleshooting":
-        tail.append(_section(say("escalate", lang, contact=escape(contact), url=escape(ticket_url))))
+        ticket = link(ticket_url, say("ticket", lang))
+        tail.append(_section(say("escalate", lang, contact=escape(contact), ticket=ticket)))
     if result.get("sources"):
         tail.append(_context(say("sources", lang), result["sources"]))
     elif result.get("suggestions"):
@@ -142,7 +138,7 @@ def answer_message(result: dict, *, contact: str, ticket_url: str, public: bool 
     room = MAX_BLOCKS - len(head) - len(tail)
     if len(body) > room:
         body = body[:room]
-        body[-1] = body[-1][: SECTION_CHARS - 2].rstrip() + " …"
+        body[-1] = body[-1][: _safe_cut(body[-1], SECTION_CHARS - 2)].rstrip() + " …"
     return {"response_type": "in_channel" if public else "ephemeral",
             "text": fit(f"{query}\n{answer}", FALLBACK_CHARS),
             "blocks": head + [_section(p) for p in body] + tail}

@@ -179,6 +179,7 @@
       if (!ctrl.signal.aborted) fail(tr("network", lang));
       return;
     }
+    if (ctrl.signal.aborted) return;
     if (!res.ok) { fail(await errorMessage(res)); return; }
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
     const text = document.createTextNode("");
@@ -187,6 +188,7 @@
     try {
       for (;;) {
         const { value, done } = await reader.read();
+        if (ctrl.signal.aborted) return; // a newer query owns the page now
         if (done) break;
         buf += value.replace(/\r\n/g, "\n");
         let cut;
@@ -259,7 +261,7 @@
       const b = el("button", { type: "button", class: "history-item", "data-index": String(i) });
       b.append(el("span", { class: "h-badge" }, EMOJI[h.sentiment.label] || ""),
                el("span", { class: "h-query" }, h.query),
-               el("time", { datetime: h.time, class: "muted" }, new Date(h.time).toLocaleString()));
+               el("time", { datetime: h.time, class: "muted" }, new Date(h.time).toLocaleString(UI_LANG === "zh" ? "zh-CN" : "en-GB")));
       const li = el("li");
       li.append(b);
       ol.append(li);
