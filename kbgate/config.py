@@ -59,7 +59,7 @@ class RetrievalConfig:
     rrf_k: int = _f(60, "reciprocal-rank-fusion constant")
     dense_weight_native: float = _f(1.0, "dense weight when the query is in one of the embedder's languages")
     bm25_weight_native: float = _f(0.7, "BM25 weight for such a query")
-    dense_weight_foreign: float = _f(0.25, "dense weight for a query outside the embedder's languages")
+    dense_weight_foreign: float = _f(0.0, "dense weight for a query outside the embedder's languages (MiniLM reads Chinese as [UNK])")
     bm25_weight_foreign: float = _f(1.0, "BM25 weight for such a query")
     troubleshooting_boost: float = _f(1.3, "score multiplier for troubleshooting chunks on the troubleshooting route")
     ivf_nprobe: int = _f(64, "IVF lists scanned per query (more = closer to exact, slower)")
@@ -79,7 +79,7 @@ class GateConfig:
 @dataclass(frozen=True)
 class AnswerConfig:
     passages: int = _f(3, "passages given to the model")
-    min_score: float = _f(0.3, "below this best-passage relevance, answer 'no answer' without the model")
+    min_score: float = _f(0.25, "below this best-passage relevance, answer 'no answer' without the model")
     max_new_tokens: int = _f(200, "cap on generated answer tokens")
     repetition_penalty: float = _f(1.15, "damps tokens the answer already used (small models loop without it)")
     passage_tokens: int = _f(130, "each passage is compressed to its lines most relevant to the query, up to this many tokens")
