@@ -34,7 +34,7 @@ serve: index
 # Debian's Chromium for the browser tests (Playwright drives it; no browser download).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei fonts-noto-color-emoji >/dev/null; \
 	  else echo "install Debian's chromium (sudo apt-get install chromium) for the browser tests"; fi; }
 
 test: setup browser
@@ -47,6 +47,7 @@ bench: index
 	$(BIN)/python bench/index.py
 	$(BIN)/python bench/gate.py
 	$(BIN)/python bench/answer.py
+	$(BIN)/python bench/service.py
 
 clean:
 	rm -rf $(VENV) .models .index

@@ -56,9 +56,9 @@ class IndexConfig:
 class RetrievalConfig:
     k: int = _f(5, "hits returned by default")
     candidates: int = _f(50, "hits taken from each retriever before fusion")
-    rrf_k: int = _f(60, "reciprocal-rank-fusion constant")
+    rrf_k: int = _f(10, "reciprocal-rank-fusion constant (small: a retriever's top ranks weigh more)")
     dense_weight_native: float = _f(1.0, "dense weight when the query is in one of the embedder's languages")
-    bm25_weight_native: float = _f(0.7, "BM25 weight for such a query")
+    bm25_weight_native: float = _f(0.5, "BM25 weight for such a query")
     dense_weight_foreign: float = _f(0.0, "dense weight for a query outside the embedder's languages (MiniLM reads Chinese as [UNK])")
     bm25_weight_foreign: float = _f(1.0, "BM25 weight for such a query")
     troubleshooting_boost: float = _f(1.3, "score multiplier for troubleshooting chunks on the troubleshooting route")
