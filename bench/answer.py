@@ -35,7 +35,7 @@ def main() -> None:
     s.pipeline.ask("warm up: VPN")
     rows, stats = [], {"gate": [], "retrieval": [], "first_token": [], "total": [], "tps": [], "prompt": []}
     for q in QUERIES:
-        t_first, n_tokens, t_start = None, 0, time.perf_counter()
+        t_first, n_tokens = None, 0
         for kind, data in s.pipeline.ask(q, stream=True):
             if kind == "token":
                 n_tokens += 1
@@ -70,7 +70,7 @@ def main() -> None:
     body = summary + "\n\n" + detail
     print(body)
     if not args.no_write:
-        update_file("answer", "Answer route (`bench/answer.py`)", body)
+        update_file("answer", f"## Answer route (`bench/answer.py`, {time.strftime('%Y-%m-%d')})\n\n{body}")
 
 
 if __name__ == "__main__":

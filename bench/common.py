@@ -6,7 +6,6 @@ import platform
 import re
 import resource
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +46,9 @@ def table(rows, header=("measure", "result", "notes")) -> str:
     return "\n".join(lines)
 
 
-def update_file(name: str, title: str, body: str) -> None:
-    """Replace (or append) the section `name` and refresh the machine line; other sections stay."""
+def update_file(name: str, section: str) -> None:
+    """Replace (or append) the section `name` (markdown, with its own heading) and refresh the
+    machine line; other sections stay."""
     text = BENCH_FILE.read_text(encoding="utf-8") if BENCH_FILE.exists() else "# Benchmarks\n"
     head = f"{M_START}\n{machine()}\n{M_END}"
     if M_START in text:
@@ -57,7 +57,7 @@ def update_file(name: str, title: str, body: str) -> None:
         first, _, rest = text.partition("\n")
         text = f"{first}\n\n{head}\n{rest}" if first.startswith("# ") else f"{head}\n\n{text}"
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    block = f"{start}\n## {title} ({time.strftime('%Y-%m-%d')})\n\n{body}\n{end}"
+    block = f"{start}\n{section.strip()}\n{end}"
     if start in text:
         text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:

@@ -93,7 +93,7 @@ def main() -> None:
     body = table(md_rows) + "\n\nConfusion matrix (bfloat16, cached prefix):\n\n" + matrix
     print(body)
     if not args.no_write:
-        update_file("gate", "Sentiment gate (`bench/gate.py`)", body)
+        update_file("gate", f"## Sentiment gate (`bench/gate.py`, {time.strftime('%Y-%m-%d')})\n\n{body}")
 
 
 if __name__ == "__main__":

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
-import re
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT, percentiles, table, update_file  # noqa: E402  (puts the repo on sys.path)
 
 from indexer.chunking import Chunk, chunk_page  # noqa: E402
 from indexer.embedders import load_embedder, normalize  # noqa: E402
@@ -35,29 +31,10 @@ from indexer.tokenize import tokenize  # noqa: E402
 from kbgate.config import load_config  # noqa: E402
 from kbgate.retrieval import Retriever  # noqa: E402
 
-BENCH_FILE = ROOT / "BENCHMARKS.md"
-START, END = "<!-- bench:index -->", "<!-- /bench:index -->"
-M_START, M_END = "<!-- bench:machine -->", "<!-- /bench:machine -->"
-
-
-def machine() -> str:
-    """Describe the machine in a few lines of markdown."""
-    import faiss
-    import torch
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    mem = next((int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
-    return (f"Machine: {cpu}, {os.cpu_count()} cores, {mem / 2**20:.0f} GiB RAM; Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), faiss {faiss.__version__}.")
-
-
 def timed(fn, *a, **kw):
     t = time.perf_counter()
     out = fn(*a, **kw)
     return out, time.perf_counter() - t
-
-
-def percentiles(xs) -> tuple[float, float]:
-    return float(np.percentile(xs, 50) * 1000), float(np.percentile(xs, 95) * 1000)
 
 
 def synthetic_corpus(n: int, dim: int, real: list[Chunk]):
@@ -108,10 +85,11 @@ def relevance_rows(retriever: Retriever, queries: list[dict]) -> list[tuple[str,
         return max((h.relevance for h in retriever.search(q, 5)), default=0.0)
     on = {lang: [top(q["query"]) for q in queries if q["lang"] == lang] for lang in ("en", "zh")}
     off = [top(q) for q in OFF_TOPIC]
+    t = load_config().answer.min_score  # below it the answer route says "no answer"
     rows = [(f"top relevance, on-topic {lang} (min / median)", f"{min(v):.2f} / {np.median(v):.2f}",
-             f"{sum(x >= 0.3 for x in v)}/{len(v)} at ≥ 0.3") for lang, v in on.items()]
-    rows.append((f"top relevance, off-topic (max / median)", f"{max(off):.2f} / {np.median(off):.2f}",
-                 f"{len(off)} queries, {sum(x >= 0.3 for x in off)} at ≥ 0.3"))
+             f"{sum(x >= t for x in v)}/{len(v)} at ≥ {t}") for lang, v in on.items()]
+    rows.append(("top relevance, off-topic (max / median)", f"{max(off):.2f} / {np.median(off):.2f}",
+                 f"{len(off)} queries, {sum(x >= t for x in off)} at ≥ {t}"))
     return rows
 
 
@@ -180,29 +158,6 @@ def run(quick: bool) -> list[tuple[str, str, str]]:
     return rows
 
 
-def table(rows) -> str:
-    lines = ["| measure | result | notes |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    return "\n".join(lines)
-
-
-def update_file(section: str) -> None:
-    """Replace (or add) the bench:index section and the machine header, leaving other sections alone."""
-    text = BENCH_FILE.read_text(encoding="utf-8") if BENCH_FILE.exists() else "# Benchmarks\n"
-    head = f"{M_START}\n{machine()}\n{M_END}"
-    if M_START in text:
-        text = re.sub(re.escape(M_START) + r".*?" + re.escape(M_END), lambda _: head, text, flags=re.S)
-    else:
-        first, _, rest = text.partition("\n")
-        text = f"{first}\n\n{head}\n{rest}" if first.startswith("# ") else f"{head}\n\n{text}"
-    block = f"{START}\n{section}\n{END}"
-    if START in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    BENCH_FILE.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="skip the 100k-chunk runs, fewer rounds")
@@ -213,7 +168,7 @@ def main() -> None:
     section = f"## Indexing and retrieval (`bench/index.py`, {time.strftime('%Y-%m-%d')})\n\n{md}"
     print(md)
     if not args.no_write:
-        update_file(section)
+        update_file("index", section)
 
 
 if __name__ == "__main__":

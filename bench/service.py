@@ -17,8 +17,6 @@ import argparse
 import logging
 import os
 import platform
-import re
-import statistics
 import sys
 import tempfile
 import time
@@ -29,9 +27,7 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-BEGIN, END = "<!-- bench:service -->", "<!-- /bench:service -->"
+from common import ROOT, update_file  # noqa: E402  (puts the repo on sys.path)
 QUERIES = ["在家怎么连接公司 VPN？", "How do I reset my password?", "打印机怎么添加？",
            "VPN 又连不上了，烦死了！", "How many days of annual leave do I get?", "报销被驳回了怎么办",
            "Wi-Fi keeps dropping in the office, this is so annoying", "新员工入职第一天要做什么？"]
@@ -132,17 +128,6 @@ def start_tight_server(services, max_pending: int = 2):
     return serve_in_thread(create_app(cfg, services=build(cfg, services.lm, services.retriever)), threads=16)
 
 
-def write_section(text: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
-    """Replace this benchmark's section in BENCHMARKS.md (markers appended at the end if absent)."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{text.strip()}\n{END}"
-    if BEGIN in old and END in old:
-        new = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, old, count=1, flags=re.S)
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(new, encoding="utf-8")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", help="benchmark a running server instead of one started here")
@@ -205,7 +190,7 @@ def main(argv=None) -> int:
     ])
     print("\n" + text)
     if not args.no_write:
-        write_section(text)
+        update_file("service", text)
         print(f"\nwritten to {ROOT / 'BENCHMARKS.md'}", file=sys.stderr)
     return 1 if bad else 0
 

@@ -4,7 +4,6 @@ import re
 
 import pytest
 
-from kbgate.gate import LABELS
 
 pytestmark = pytest.mark.slow
 
