@@ -67,7 +67,7 @@ def main() -> None:
     thirty = [r["text"] for r in rows if 25 <= len(r["text"]) <= 35][: args.rounds]
     out, md_rows = {}, []
     for dtype in ("float32", "bfloat16"):
-        lm = LanguageModel.load(path, dtype)
+        lm = LanguageModel.load(path, dtype, attention=cfg.model.attention)
         gate = SentimentGate(lm, prompts, cfg.gate)
         gate.classify(thirty[:2])  # warm-up
         for cached in (False, True):

@@ -62,14 +62,15 @@ class LanguageModel:
         self.eos_ids = {e for e in eos if e is not None}
 
     @classmethod
-    def load(cls, path: str, dtype: str = "auto", threads: int = 0, name: str | None = None) -> "LanguageModel":
+    def load(cls, path: str, dtype: str = "auto", threads: int = 0, name: str | None = None,
+             attention: str = "eager") -> "LanguageModel":
         """Load weights and tokenizer from a local folder (or a hub id where the hub is reachable)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if threads:
             torch.set_num_threads(threads)
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype), attn_implementation=attention)
         return cls(model, tok, name or Path(path).name)
 
     @property

@@ -31,7 +31,8 @@ class Services:
 
 def load_lm(cfg: Config) -> LanguageModel:
     path = fetch_generator(cfg)
-    return LanguageModel.load(path, cfg.model.dtype, cfg.model.threads, name=cfg.model.name)
+    return LanguageModel.load(path, cfg.model.dtype, cfg.model.threads, name=cfg.model.name,
+                              attention=cfg.model.attention)
 
 
 def build(cfg: Config, lm: LanguageModel, retriever=None) -> Services:

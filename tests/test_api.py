@@ -87,9 +87,15 @@ def test_bad_search_bodies_get_clear_json_errors(client, services, path, body, s
     assert services.lm.generated == 0
 
 
-def test_wrong_content_type_is_415(client):
+def test_form_body_is_400_naming_the_content_type(client):
     r = client.post("/api/search", data="query=vpn", content_type="application/x-www-form-urlencoded")
-    assert r.status_code == 415 and "Content-Type must be application/json" in r.get_json()["error"]["message"]
+    msg = r.get_json()["error"]["message"]
+    assert r.status_code == 400 and "not valid JSON" in msg and "application/x-www-form-urlencoded" in msg
+
+
+def test_json_without_content_type_is_accepted(client):
+    r = client.post("/api/search", data=json.dumps({"query": "vpn"}), content_type="text/plain")
+    assert r.status_code == 200 and r.get_json()["query"] == "vpn"
 
 
 def test_oversized_body_is_413(client, services):

@@ -16,7 +16,6 @@ import time
 from itertools import chain
 
 from flask import Blueprint, Response, jsonify, request
-from werkzeug.exceptions import UnsupportedMediaType
 
 from kbgate.errors import BadInput, IndexUnavailable, KBGateError, TooLarge
 from kbgate.text import check_query
@@ -32,9 +31,10 @@ SEARCH_FIELDS = ("query", "k", "tags", "stream")
 
 
 def json_body(fields: tuple[str, ...]) -> dict:
-    """The request's JSON object, or a 400/415 that says what is wrong with it."""
-    if not request.is_json:
-        raise UnsupportedMediaType(f"Content-Type must be application/json (got {request.mimetype or 'none'})")
+    """The request's JSON object, or a 400 that says what is wrong with it.
+
+    The body is parsed as JSON whatever the Content-Type (`curl -d` sends form-urlencoded).
+    """
     raw = request.get_data(cache=True)  # over max_body_bytes: 413 from werkzeug
     if not raw.strip():
         raise BadInput("body is empty; send a JSON object such as {\"query\": \"...\"}")
@@ -43,7 +43,8 @@ def json_body(fields: tuple[str, ...]) -> dict:
     except UnicodeDecodeError:
         raise BadInput("body is not UTF-8 text") from None
     except json.JSONDecodeError as e:
-        raise BadInput(f"body is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+        hint = "" if request.is_json else f" (sent as {request.mimetype or 'no Content-Type'}; use application/json)"
+        raise BadInput(f"body is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}){hint}") from None
     if not isinstance(body, dict):
         raise BadInput("body must be a JSON object")
     unknown = sorted(set(body) - set(fields))
