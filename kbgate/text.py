@@ -4,14 +4,13 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from indexer.tokenize import detect_lang as language  # noqa: F401  (one language rule for everything)
 from kbgate.errors import BadInput, TooLarge
 
 SPECIAL = re.compile(r"<\|[^|<>]{1,40}\|>")
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-_LATIN = re.compile(r"[A-Za-z]")
 
 
 def strip_special(text: str) -> str:
@@ -38,10 +37,3 @@ def check_query(query, max_chars: int, field: str = "query") -> str:
     if not cleaned:
         raise BadInput(f"{field} is empty")
     return cleaned
-
-
-def language(text: str) -> str:
-    """'zh' when CJK characters make up a fair share of the letters, else 'en'."""
-    cjk = len(_CJK.findall(text))
-    latin_words = len(re.findall(r"[A-Za-z]+", text))
-    return "zh" if cjk and cjk >= latin_words else "en"
