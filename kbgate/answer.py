@@ -47,37 +47,61 @@ def citations(text: str, n_passages: int) -> list[int]:
 
 _SENTENCE_END = re.compile(r"(?<=[。！？!?])|(?<=[.;；])(?=\s)")  # zero-width: split keeps every character
 _END_PUNCT = "。！？.!?；;：:，,"
+_CITED = re.compile(r"\s*\[\d{1,2}\]")
 
 
-def attribute(text: str, passages: list["Passage"], min_share: float = 0.5) -> tuple[str, list[int]]:
-    """Ground the reply: keep the model's [n] citations and cite uncited sentences a passage supports.
+def attribute(text: str, passages: list["Passage"], min_share: float = 0.5,
+              min_cited_share: float = 0.3, verify: bool = True) -> tuple[str, list[int]]:
+    """Ground the reply sentence by sentence; return (cited text, passage numbers cited).
 
-    A sentence is supported by the passage holding the largest share of its terms,
-    when that share is at least `min_share`. Returns the cited text and the
-    passage numbers cited, in order; an empty list means nothing is grounded.
+    A sentence's support from a passage is the share of its terms the passage holds.
+    The model's own [n] stays where passage n gives at least `min_cited_share`
+    (half that across languages: an English answer from a Chinese page shares only
+    names, numbers and Latin terms);
+    an uncited or wrongly cited sentence gets the passage with the largest share if
+    that is at least `min_share`. When fewer than half of the sentences are grounded
+    (a small model may parrot its worked example) the reply is not grounded: the
+    list comes back empty. `verify=False` trusts the model's own citations (fakes in tests).
     """
-    from indexer.tokenize import tokenize
+    from indexer.tokenize import detect_lang, tokenize
 
     vocab = {p.n: set(tokenize(p.text)) for p in passages}
+    lang = {p.n: detect_lang(p.text) for p in passages}
+    counts = {"sentences": 0, "grounded": 0}
 
     def cite(sentence: str) -> str:
-        terms = set(tokenize(sentence))
-        if CITATION.search(sentence) or len(terms) < 2:
-            return sentence
-        share, n = max((len(terms & v) / len(terms), n) for n, v in vocab.items())
-        if share < min_share:
-            return sentence
-        body = sentence.rstrip()
-        tail = sentence[len(body):]
+        bare = _CITED.sub("", sentence)
+        terms = set(tokenize(bare))
+        if len(terms) < 2:
+            return sentence  # too short to judge: "1." or "好的"
+        counts["sentences"] += 1
+        share = {n: len(terms & v) / len(terms) for n, v in vocab.items()}
+        own = [int(m) for m in CITATION.findall(sentence)]
+        here = detect_lang(bare)
+        keep = [n for n in dict.fromkeys(own) if n in vocab and (not verify or
+                share[n] >= (min_cited_share if lang[n] == here else min_cited_share / 2))]
+        if keep and keep == list(dict.fromkeys(own)):
+            counts["grounded"] += 1
+            return sentence  # the model's citations all hold: leave them where it put them
+        if not keep:
+            best, n = max((v, n) for n, v in share.items())
+            keep = [n] if best >= min_share else []
+        if not keep:
+            return bare
+        counts["grounded"] += 1
+        marks = "".join(f" [{n}]" for n in keep)
+        body = bare.rstrip()
+        tail = bare[len(body):]
         if body and body[-1] in _END_PUNCT:
-            return f"{body[:-1]} [{n}]{body[-1]}{tail}"
-        return f"{body} [{n}]{tail}"
+            return f"{body[:-1]}{marks}{body[-1]}{tail}"
+        return f"{body}{marks}{tail}"
 
     if not vocab:
         return text, []
-    lines = ["".join(cite(x) for x in _SENTENCE_END.split(line)) for line in text.split("\n")]
-    cited = "\n".join(lines)
-    return cited, citations(cited, len(passages))
+    cited = "\n".join("".join(cite(x) for x in _SENTENCE_END.split(line)) for line in text.split("\n"))
+    if verify and counts["grounded"] * 2 < counts["sentences"]:
+        return cited, []
+    return cited, citations(cited, max(vocab))
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,8 @@ class AnswerConfig:
     passages: int = _f(3, "passages given to the model")
     min_score: float = _f(0.25, "below this best-passage relevance, answer 'no answer' without the model")
     max_new_tokens: int = _f(200, "cap on generated answer tokens")
+    verify_citations: bool = _f(True, "check each cited sentence against its passage; a reply mostly "
+                                      "unsupported becomes 'no answer'")
     repetition_penalty: float = _f(1.15, "damps tokens the answer already used (small models loop without it)")
     passage_tokens: int = _f(130, "each passage is compressed to its lines most relevant to the query, up to this many tokens")
 

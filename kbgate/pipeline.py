@@ -137,6 +137,8 @@ class Pipeline:
         timings["retrieval"] = round((time.perf_counter() - t_r) * 1000, 1)
         relevant = [h for h in hits if h.relevance >= self.cfg.answer.min_score]
         passages = relevant[: self.cfg.answer.passages]
+        for i, p in enumerate(passages, 1):
+            p.n = i  # numbered as the model sees them and cites them
         if not passages:
             yield from self._no_answer(query, sentiment, hits, lang, trouble, timings, ms,
                                        "no passage reached the relevance threshold")
@@ -152,7 +154,7 @@ class Pipeline:
                 first = timings["first_token"] = ms()
             text += piece
             yield "token", piece
-        text, cited = attribute(text, given)  # the model's own [n], plus any sentence a passage supports
+        text, cited = attribute(text, given, verify=self.cfg.answer.verify_citations)  # the model's own [n], plus any sentence a passage supports
         if not cited:
             yield from self._no_answer(query, sentiment, hits, lang, trouble, timings, ms,
                                        "the reply is not grounded in any passage" if text.strip()
