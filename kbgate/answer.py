@@ -28,6 +28,10 @@ MESSAGES = {
         "zh": "如果以上步骤仍不能解决，请联系 {contact}，或提交工单：{url}",
         "en": "If these steps don't fix it, contact {contact}, or open a ticket: {url}",
     },
+    "human": {
+        "zh": "需要人工帮助？请联系 {contact}，或提交工单：{url}",
+        "en": "Need a human? Contact {contact}, or open a ticket: {url}",
+    },
 }
 
 
@@ -120,11 +124,14 @@ class Assistant:
     def __init__(self, lm: LanguageModel, prompts: Prompts, cfg: AnswerConfig, escalation: EscalationConfig):
         self.lm, self.cfg, self.escalation = lm, cfg, escalation
         self.user = {r: prompts.text(f"{r}.user.txt") for r in self.ROLES}
-        # each role's fixed prefix: its system prompt and one worked example, KV-cached once
-        self.prefix = {r: [{"role": "system", "content": prompts.text(f"{r}.system.txt")},
-                           {"role": "user", "content": prompts.text(f"{r}.example.user.txt")},
-                           {"role": "assistant", "content": prompts.text(f"{r}.example.reply.txt")}]
-                       for r in self.ROLES}
+        # each role's fixed prefix: its system prompt and, where prompts/ has one, a worked
+        # example; KV-cached once
+        self.prefix = {}
+        for r in self.ROLES:
+            self.prefix[r] = [{"role": "system", "content": prompts.text(f"{r}.system.txt")}]
+            if prompts.exists(f"{r}.example.user.txt"):
+                self.prefix[r] += [{"role": "user", "content": prompts.text(f"{r}.example.user.txt")},
+                                   {"role": "assistant", "content": prompts.text(f"{r}.example.reply.txt")}]
         self.chat_system = prompts.text("chat.system.txt")
         self.answer_in = dict(prompts.table("languages.tsv"))  # "zh" -> "请用中文回答"
         for r in self.ROLES:
@@ -176,5 +183,6 @@ class Assistant:
             messages = [{"role": "system", "content": self.chat_system}, *messages]
         return self.lm.encode(self.lm.render(messages))
 
-    def escalation_text(self, lang: str) -> str:
-        return message("escalate", lang, contact=self.escalation.contact, url=self.escalation.url)
+    def escalation_text(self, lang: str, after_steps: bool = True) -> str:
+        return message("escalate" if after_steps else "human", lang,
+                       contact=self.escalation.contact, url=self.escalation.url)

@@ -177,7 +177,7 @@ class Pipeline:
         if suggestions:
             text += "\n" + message("suggest", lang) + " " + "; ".join(h.title for h in suggestions)
         if trouble:
-            text += "\n\n" + self.assistant.escalation_text(lang)
+            text += "\n\n" + self.assistant.escalation_text(lang, after_steps=False)
         timings.setdefault("first_token", None)
         timings["total"] = ms()
         yield "done", Result(query, sentiment, "no_answer", why, text, [], suggestions, timings)

@@ -24,6 +24,9 @@ class Prompts:
         except FileNotFoundError:
             raise ConfigError(f"prompt file {path} is missing") from None
 
+    def exists(self, name: str) -> bool:
+        return (self.folder / name).is_file()
+
     def table(self, name: str) -> list[tuple[str, str]]:
         """A two-column TSV prompt file as (key, value) rows, blank lines skipped."""
         rows = []
