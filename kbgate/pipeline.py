@@ -154,7 +154,8 @@ class Pipeline:
                 first = timings["first_token"] = ms()
             text += piece
             yield "token", piece
-        text, cited = attribute(text, given, verify=self.cfg.answer.verify_citations)  # the model's own [n], plus any sentence a passage supports
+        # keep the model's [n] where its passage supports the sentence; cite what else a passage supports
+        text, cited = attribute(text, given, verify=self.cfg.answer.verify_citations)
         if not cited:
             yield from self._no_answer(query, sentiment, hits, lang, trouble, timings, ms,
                                        "the reply is not grounded in any passage" if text.strip()
