@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from kbgate.config import load_config
 from kbgate.errors import Busy
-from test_slack import (ANSWER, ANSWER_ROUTE, LINK, assert_valid_blocks, sections, secret, signed,  # noqa: F401
+from test_slack import (ANSWER, ANSWER_ROUTE, LINK, ask, assert_valid_blocks, sections, secret, signed,  # noqa: F401
                         sink, slash_body, source_links)
 from web import create_app
 from web.server import serve_in_thread
@@ -78,11 +78,6 @@ def proxy(secret):  # noqa: F811
     yield make
     for app in apps:
         app.extensions["slack"].shutdown()
-
-
-def ask(app, text: str, url: str, **form):
-    body = slash_body(text, url, **form)
-    return app.test_client().post("/slack/commands", data=body, headers=signed(body))
 
 
 def test_proxy_process_relays_a_real_upstream(upstream, sink, tmp_path, secret):  # noqa: F811

@@ -40,6 +40,11 @@ def run(cfg: Config, host: str, port: int, index_dir=None) -> None:
     server = make_server(app, host, port, cfg.server.threads)
     print(f"kbgate serving on http://{host}:{server.effective_port} (readyz is 503 until models load)",
           file=sys.stderr, flush=True)
+    serve_forever(server)
+
+
+def serve_forever(server) -> None:
+    """Run a bound server until Ctrl-C, then close it."""
     try:
         server.run()
     except KeyboardInterrupt:

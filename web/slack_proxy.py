@@ -91,7 +91,7 @@ def _upstream_url(ctx, param, value: str) -> str:
 @click.pass_context
 def slack_proxy_cmd(ctx, upstream, host, port):
     """Serve only the Slack endpoint, forwarding questions to a search service (no models loaded)."""
-    from web.server import make_server
+    from web.server import make_server, serve_forever
 
     try:
         cfg = ctx.find_object(Config) or load_config()
@@ -112,9 +112,4 @@ def slack_proxy_cmd(ctx, upstream, host, port):
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     print(f"kbgate slack-proxy on http://{server.effective_host}:{server.effective_port}/slack/commands "
           f"-> {upstream}", file=sys.stderr, flush=True)
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.close()
+    serve_forever(server)
