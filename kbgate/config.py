@@ -75,7 +75,7 @@ class GateConfig:
     negative_threshold: float = _f(0.5, "route to troubleshooting when P(negative) is at least this")
     max_query_chars: int = _f(2000, "longer queries are refused, never truncated")
     batch_size: int = _f(16, "texts per forward pass in batch sentiment")
-    prompt: str = _f("sentiment", "prompt name under prompts/ (sentiment.system.txt, sentiment.user.txt)")
+    prompt: str = _f("sentiment", "prompt name under prompts/ (sentiment.system.txt, .intro.txt, .item.txt, .labels.tsv, .examples.tsv)")
 
 
 @dataclass(frozen=True)

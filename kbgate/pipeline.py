@@ -39,7 +39,7 @@ class Source:
 @dataclass
 class Result:
     query: str
-    sentiment: dict  # {"label", "confidence", "probs"}
+    sentiment: dict  # {"label", "confidence", "kind", "probs"}
     route: str  # "answer" | "troubleshooting" | "no_answer"
     reason: str
     answer: str
@@ -125,8 +125,7 @@ class Pipeline:
         lang = language(query)
         s = self.gate.classify([query])[0]
         timings["gate"] = ms()
-        sentiment = {"label": s.label, "confidence": round(s.confidence, 4),
-                     "probs": {k_: round(v, 4) for k_, v in s.probs.items()}}
+        sentiment = {k_: v for k_, v in s.as_dict().items() if k_ != "ms"}
         yield "sentiment", sentiment
         trouble = self.gate.is_troubleshooting(s)
         route = "troubleshooting" if trouble else "answer"
