@@ -14,6 +14,7 @@ from kbgate.config import AnswerConfig, EscalationConfig
 from kbgate.lm import Finish, LanguageModel
 from kbgate.text import strip_special
 from kbgate.prompts import Prompts, fill
+from kbgate.retrieval import CAUSE_HEADING, is_steps_section
 
 NO_ANSWER = "NO_ANSWER"
 CITATION = re.compile(r"\[(\d{1,2})\]")
@@ -27,6 +28,10 @@ MESSAGES = {
     "escalate": {
         "zh": "如果以上步骤仍不能解决，请联系 {contact}，或提交工单：{url}",
         "en": "If these steps don't fix it, contact {contact}, or open a ticket: {url}",
+    },
+    "ack": {
+        "zh": "遇到这种情况确实让人着急，可以按 Wiki 里的这些步骤排查：",
+        "en": "Sorry this keeps getting in your way. These are the wiki's steps for it:",
     },
     "human": {
         "zh": "需要人工帮助？请联系 {contact}，或提交工单：{url}",
@@ -108,6 +113,103 @@ def attribute(text: str, passages: list["Passage"], min_share: float = 0.5,
     return cited, citations(cited, max(vocab))
 
 
+_STEP = re.compile(r"^ {0,3}\d{1,2}[.)、]\s+(\S.*)$")
+_MD = [(re.compile(r"<(https?://[^>\s]+)>"), r"\1"), (re.compile(r"!?\[([^\]]*)\]\([^)]*\)"), r"\1"),
+       (re.compile(r"\*\*|__|<[^>]+>"), ""),
+       (re.compile(r"`([^`]*)`"), r"\1")]
+
+
+def _sentences(text: str) -> list[set]:
+    from indexer.tokenize import tokenize
+
+    parts = (x for line in text.split("\n") for x in _SENTENCE_END.split(line))
+    return [t for t in (set(tokenize(_CITED.sub("", x))) for x in parts) if len(t) >= 3]
+
+
+def copies_example(reply: str, example: str, passages: list["Passage"] = (), min_share: float = 0.7) -> bool:
+    """True when most of the reply's sentences are the worked example's own (a 0.5B model
+    parrots its example; the wiki may share enough words with it to pass the grounding check).
+
+    A sentence counts as copied when the example holds `min_share` of its terms and more
+    of them than any passage does: copying what the passages also say is fine.
+    """
+    from indexer.tokenize import tokenize
+
+    mine, theirs = _sentences(reply), _sentences(example)
+    if not mine or not theirs:
+        return False
+    vocab = [set(tokenize(p.text)) for p in passages]
+
+    def copied(m: set) -> bool:
+        from_example = max(len(m & t) / len(m) for t in theirs)
+        from_passages = max((len(m & v) / len(m) for v in vocab), default=0.0)
+        return from_example >= min_share and from_example > from_passages
+
+    return sum(map(copied, mine)) * 2 >= len(mine)
+
+
+_PASSAGE_HEADER = re.compile(r"^\[\d{1,2}\] \([^\n]*\)[ \t]*\n?", re.M)
+
+
+def drop_passage_headers(text: str) -> str:
+    """Remove '[2] (Title › Heading)' lines: the model copying the prompt's passage layout."""
+    return re.sub(r"\n{3,}", "\n\n", _PASSAGE_HEADER.sub("", text)).strip()
+
+
+def count_steps(text: str) -> int:
+    """Numbered lines ('1. ...') in a reply."""
+    return sum(1 for line in text.splitlines() if _STEP.match(line.strip()))
+
+
+def wiki_steps(passages: list["Passage"], max_steps: int = 6, max_chars: int = 220) -> tuple[list[str], int] | None:
+    """The numbered steps of the best passage that has them, as plain text, and its number.
+
+    Passages come best first; a section headed like a fix (解决步骤, Fix, Steps) wins over
+    one that is not, and cause or symptom lists (原因, Symptoms) are never steps.
+    """
+    ranked = sorted(passages, key=lambda p: not is_steps_section(p.heading))
+    for p in ranked:
+        if CAUSE_HEADING.search(p.heading.rsplit("›", 1)[-1]):
+            continue
+        steps, lines = [], p.text.splitlines()
+        for i, line in enumerate(lines):
+            m = _STEP.match(line)
+            if m:
+                step = m.group(1)
+                for pattern, repl in _MD:
+                    step = pattern.sub(repl, step)
+                step = " ".join(step.split())
+                if step.endswith((":", "：")):  # 'run this:' -> the first line of the code block after it
+                    code = _first_code_line(lines[i + 1:])
+                    step += f" `{code}`" if code else ""
+                steps.append(step if len(step) <= max_chars else step[: max_chars - 1] + "…")
+        if len(steps) >= 2:
+            return steps[:max_steps], p.n
+    return None
+
+
+def _first_code_line(lines: list[str]) -> str:
+    """The first line inside the fenced code block that opens the lines (blank lines skipped)."""
+    it = iter(x.strip() for x in lines)
+    for line in it:
+        if not line:
+            continue
+        if not line.startswith(("```", "~~~")):
+            return ""
+        return next((x for x in it if x and not x.startswith(("```", "~~~", "#", "//"))), "")  # no comments
+    return ""
+
+
+def quoted_steps_reply(passages: list["Passage"], lang: str) -> tuple[str, list[int]] | None:
+    """A troubleshooting reply built from the wiki's own numbered steps, each cited; None if none."""
+    found = wiki_steps(passages)
+    if not found:
+        return None
+    steps, n = found
+    lines = [message("ack", lang)] + [f"{i}. {step} [{n}]" for i, step in enumerate(steps, 1)]
+    return "\n".join(lines), [n]
+
+
 @dataclass(frozen=True)
 class Passage:
     n: int
@@ -132,6 +234,8 @@ class Assistant:
             if prompts.exists(f"{r}.example.user.txt"):
                 self.prefix[r] += [{"role": "user", "content": prompts.text(f"{r}.example.user.txt")},
                                    {"role": "assistant", "content": prompts.text(f"{r}.example.reply.txt")}]
+        self.example_reply = {r: prompts.text(f"{r}.example.reply.txt") if prompts.exists(f"{r}.example.reply.txt")
+                              else "" for r in self.ROLES}
         self.chat_system = prompts.text("chat.system.txt")
         self.answer_in = dict(prompts.table("languages.tsv"))  # "zh" -> "请用中文回答"
         for r in self.ROLES:

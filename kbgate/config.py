@@ -64,6 +64,7 @@ class RetrievalConfig:
     dense_weight_foreign: float = _f(0.0, "dense weight for a query outside the embedder's languages (MiniLM reads Chinese as [UNK])")
     bm25_weight_foreign: float = _f(1.0, "BM25 weight for such a query")
     troubleshooting_boost: float = _f(1.3, "score multiplier for troubleshooting chunks on the troubleshooting route")
+    steps_boost: float = _f(1.4, "further multiplier on that route for sections headed like a fix (解决步骤, Fix, Steps)")
     ivf_nprobe: int = _f(64, "IVF lists scanned per query (more = closer to exact, slower)")
     faiss_threads: int = _f(1, "OpenMP threads per vector search; 1 is fastest for single queries, 0 = FAISS default")
     dense_floor: float = _f(0.3, "cosine at which dense relevance is 0 (relevance ignores dense below it)")

@@ -11,7 +11,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from kbgate.answer import Assistant, Passage, attribute, message
+from kbgate.answer import (Assistant, Passage, attribute, copies_example, count_steps, drop_passage_headers,
+                           message, quoted_steps_reply)
 from kbgate.config import Config
 from kbgate.errors import Busy
 from kbgate.gate import SentimentGate
@@ -95,9 +96,12 @@ class Pipeline:
 
     def search(self, query: str, k: int, *, troubleshooting: bool = False, tags=None) -> list[Source]:
         hits = self.retriever.search(query, k=k, prefer_troubleshooting=troubleshooting, tags=tags)
-        return [Source(i + 1, h.page, h.title, h.heading, h.anchor, h.path, self.url(h.page, h.anchor),
-                       round(float(h.score), 5), round(float(h.relevance), 4), h.type, _snippet(h.text), h.text)
-                for i, h in enumerate(hits)]
+        return [self._source(i + 1, h) for i, h in enumerate(hits)]
+
+    def _source(self, n: int, h) -> Source:
+        return Source(n, h.page, h.title, h.heading, h.anchor, h.path, self.url(h.page, h.anchor),
+                      round(float(h.score), 5), round(float(h.relevance), 4), h.type, _snippet(h.text),
+                      self.retriever.section_text(h))
 
     def ask(self, query: str, *, stream: bool = False, k: int | None = None, tags=None,
             max_new_tokens: int | None = None):
@@ -154,7 +158,23 @@ class Pipeline:
             text += piece
             yield "token", piece
         # keep the model's [n] where its passage supports the sentence; cite what else a passage supports
-        text, cited = attribute(text, given, verify=self.cfg.answer.verify_citations)
+        text, cited = attribute(drop_passage_headers(text), given, verify=self.cfg.answer.verify_citations)
+        if cited and self.cfg.answer.verify_citations and copies_example(text, self.assistant.example_reply[role], given):
+            cited = []  # the worked example parroted back: not an answer from these passages
+        if trouble and (not cited or count_steps(text) < 2):
+            # The 0.5B model sometimes echoes the complaint or copies its worked example;
+            # a frustrated user still gets the wiki's own steps, quoted and cited.
+            quoted = quoted_steps_reply(given, lang)
+            steps = self.retriever.steps_section(passages[0].page) if passages[0].type == "troubleshooting" else None
+            if not quoted and steps and all(p.heading != steps.heading or p.page != steps.page for p in passages):
+                # the best page's own fix section, though it did not rank among the passages
+                extra = self._source(len(passages) + 1, steps)
+                quoted = quoted_steps_reply([Passage(extra.n, extra.title, extra.heading, extra.text)], lang)
+                if quoted:
+                    passages.append(extra)  # the done event carries the final sources
+            if quoted:
+                text, cited = quoted
+                reason += "; the model's reply had no grounded steps, so the wiki's steps are quoted"
         if not cited:
             yield from self._no_answer(query, sentiment, hits, lang, trouble, timings, ms,
                                        "the reply is not grounded in any passage" if text.strip()

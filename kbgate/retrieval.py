@@ -15,6 +15,7 @@ share (an embedder's cosine means little in a language it cannot read).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -23,6 +24,17 @@ from indexer.index import Index
 from indexer.search import bm25_search, coverage, dense_search
 from indexer.tokenize import detect_lang, is_cjk, tokenize
 from kbgate.config import RetrievalConfig
+
+
+# The last part of a heading path that names a fix, and one that names causes or symptoms
+STEP_HEADING = re.compile(r"解决|步骤|排查|处理|办法|怎么办|fix|step|resolution|solution|troubleshoot|what to do", re.I)
+CAUSE_HEADING = re.compile(r"原因|症状|现象|cause|symptom", re.I)
+
+
+def is_steps_section(heading: str) -> bool:
+    """A section headed like a fix: its own heading or an enclosing one ('解决步骤 › 卡纸')."""
+    parts = [x.strip() for x in heading.split("›")][1:]  # the first part is the page's H1
+    return any(STEP_HEADING.search(x) for x in parts) and not CAUSE_HEADING.search(parts[-1] if parts else "")
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,36 @@ class Retriever:
         self.embedder = embedder
         self.cfg = cfg or RetrievalConfig()
         self._tag_masks: dict[frozenset, np.ndarray] = {}
+        self._section_rows: dict[tuple, list[int]] | None = None
+
+    def section_text(self, hit: Hit) -> str:
+        """The whole section a hit belongs to: its pieces merged, each overlap kept once.
+
+        Chunks are capped at 200 tokens, so a long list of steps can be split; the model
+        and the quoted troubleshooting steps need all of it, not the piece that ranked.
+        """
+        pieces = [self.index.chunks[r].text for r in self._sections().get((hit.page, hit.heading), [])]
+        return merge_pieces(pieces) if len(pieces) > 1 else hit.text
+
+    def steps_section(self, page: str) -> Hit | None:
+        """The first section of a page headed like a fix (解决步骤, Fix), as a hit with no scores."""
+        for (pg, heading), rows in self._sections().items():
+            if pg == page and is_steps_section(heading):
+                ch, ix = self.index.chunks[rows[0]], self.index
+                return Hit(ch.page, ix.pages[ch.page].path if ch.page in ix.pages else f"{ch.page}.md",
+                           ch.title, ch.heading, ch.anchor, ch.text, ch.type, 0.0, None, None, 0.0, 0.0, 0.0, ch.id)
+        return None
+
+    def _sections(self) -> dict[tuple, list[int]]:
+        """(page, heading) -> the rows of its pieces in order; built on first use (dicts keep page order)."""
+        if self._section_rows is None:
+            rows: dict[tuple, list[int]] = {}
+            for r, ch in enumerate(self.index.chunks):
+                rows.setdefault((ch.page, ch.heading), []).append(r)
+            for key in rows:
+                rows[key].sort(key=lambda r: _piece_number(self.index.chunks[r].id))
+            self._section_rows = rows
+        return self._section_rows
 
     def weights(self, query: str, tokens: list[str] | None = None) -> tuple[float, float, float]:
         """Return (dense weight, BM25 weight, native share): native and foreign weights blended by that share.
@@ -117,8 +159,11 @@ class Retriever:
                         rep[key] = (part, r)
         if prefer_troubleshooting:
             for key in fused:
-                if ix.chunks[rep[key][1]].type == "troubleshooting":
+                ch = ix.chunks[rep[key][1]]
+                if ch.type == "troubleshooting":
                     fused[key] *= c.troubleshooting_boost
+                if is_steps_section(ch.heading):
+                    fused[key] *= c.steps_boost
         order = sorted(fused, key=lambda key: (-fused[key], rep[key][1]))[:k]
         picked = [rep[key][1] for key in order]
         score = {rep[key][1]: fused[key] for key in order}
@@ -150,6 +195,23 @@ class Retriever:
         lo, hi = self.cfg.dense_floor, self.cfg.dense_ceiling
         dense = min(max((cosine - lo) / (hi - lo), 0.0), 1.0) if hi > lo else 0.0
         return round(max(lexical, share * dense), 4)
+
+
+def _piece_number(chunk_id: str) -> int:
+    """'it/vpn#安装客户端~3' -> 3; the first piece has no suffix."""
+    head, sep, tail = chunk_id.rpartition("~")
+    return int(tail) if sep and tail.isdigit() else 1
+
+
+def merge_pieces(pieces: list[str], min_overlap: int = 8) -> str:
+    """Join consecutive pieces of one section, dropping the head of each piece that repeats
+    the end of the text so far (the chunker's overlap)."""
+    out = pieces[0]
+    for piece in pieces[1:]:
+        k = next((k for k in range(min(len(out), len(piece)), min_overlap - 1, -1)
+                  if out.endswith(piece[:k])), 0)
+        out = out + piece[k:] if k else out + "\n\n" + piece
+    return out
 
 
 def native_share(query_or_terms, languages) -> float:

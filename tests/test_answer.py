@@ -1,5 +1,5 @@
 """The grounding check and passage compression (pure functions)."""
-from kbgate.answer import Passage, attribute, citations
+from kbgate.answer import Passage, attribute, citations, copies_example, count_steps, quoted_steps_reply
 from kbgate.compress import compress
 
 VPN = Passage(1, "VPN", "", "公司统一使用 Acme Connect 客户端（基于 OpenConnect 协议）。家庭路由器网段冲突：公司内网使用 10.0.0.0/8。")
@@ -37,3 +37,38 @@ def test_compress_keeps_the_lines_that_match_the_query_in_order():
     out = compress(text, "which VPN client", budget=20, count=lambda t: len(t.split()))
     assert "Acme Connect" in out and len(out.split()) <= 20
     assert compress("short text", "q", budget=50, count=len) == "short text"
+
+
+STEPS_SECTION = """1. Open <https://ping.acme.internal>. If it loads, the VPN works.
+2. Check DNS:
+
+   ```bash
+   # macOS / Linux
+   nslookup git.acme.internal 10.10.0.53
+   ```
+
+3. Close **all** proxy tools and see [the VPN guide](vpn.md)."""
+
+
+def test_wiki_steps_are_quoted_plain_with_their_code_and_citation():
+    passages = [Passage(1, "VPN", "VPN › Cause", "1. Expired password.\n2. Expired certificate."),
+                Passage(2, "VPN", "VPN › Fix", STEPS_SECTION)]
+    text, cited = quoted_steps_reply(passages, "en")
+    assert cited == [2]
+    assert text.splitlines()[1:] == [
+        "1. Open https://ping.acme.internal. If it loads, the VPN works. [2]",
+        "2. Check DNS: `nslookup git.acme.internal 10.10.0.53` [2]",  # the command, not its comment
+        "3. Close all proxy tools and see the VPN guide. [2]"]
+    assert quoted_steps_reply(passages[:1], "en") is None  # a list of causes is not a list of steps
+
+
+def test_a_reply_that_parrots_the_worked_example_is_caught():
+    example = "打印一直出问题确实很耽误事：\n1. 看一下打印机屏幕是否显示“离线” [2]。\n2. 确认电脑连的是 Acme-Corp 网络，访客网络无法打印 [2]。"
+    parrot = "VPN 出问题确实很耽误事：\n1. 看一下打印机屏幕是否显示“离线” [1]。\n2. 确认电脑连的是 Acme-Corp 网络，访客网络无法打印 [1]。"
+    own = "VPN 连不上确实烦人：\n1. 先确认密码没有过期 [1]。\n2. 再检查设备证书的有效期 [1]。"
+    jam = [Passage(1, "打印机故障排查", "打印机故障排查 › 解决步骤 › 卡纸", "1. 打开盖板。2. 取出卡住的纸。3. 检查纸盒。")]
+    assert copies_example(parrot, example, jam) and not copies_example(own, example, jam)
+    offline = [Passage(1, "打印机故障排查", "打印机故障排查 › 解决步骤", "1. 看一下打印机屏幕是否显示“离线”。"
+                       "2. 确认电脑连的是 Acme-Corp 网络，访客网络无法打印。")]
+    assert not copies_example(parrot, example, offline)  # the passages say it too: not a parrot
+    assert count_steps(own) == 2 and count_steps("no steps here [1].") == 0

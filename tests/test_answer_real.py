@@ -58,6 +58,18 @@ def test_frustrated_query_gets_troubleshooting_steps_and_a_human(real_services):
     assert re.search(r"\[\d\]", r.answer)
 
 
+@pytest.mark.parametrize("query, page", [("打印机又卡纸了，气死我了", "it/printer-troubleshooting"),
+                                         ("VPN 又连不上了，烦死了！", "it/vpn"),
+                                         ("Outlook keeps asking for my password, so annoying", "it/")])
+def test_frustrated_queries_get_numbered_cited_steps(real_services, query, page):
+    r = real_services.pipeline.ask(query)
+    assert r.route == "troubleshooting", (r.reason, r.answer)
+    steps = [line for line in r.answer.splitlines() if re.match(r"\d+\. ", line)]
+    assert len(steps) >= 2 and all(re.search(r"\[\d\]", line) for line in steps), r.answer
+    assert any(s.cited and s.page.startswith(page) for s in r.sources), [(s.page, s.cited) for s in r.sources]
+    assert real_services.cfg.escalation.contact in r.answer
+
+
 INJECTED_PAGE = """---
 title: Parking permits
 tags: [office, parking]

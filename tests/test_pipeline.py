@@ -80,3 +80,31 @@ def test_concurrent_asks_both_get_their_answers(make_services):
     [t.join() for t in threads]
     assert {r.query for r in results.values()} == {"VPN 怎么连", "how do I reset my password"}
     assert all(r.answer == ANSWER for r in results.values())
+
+
+def test_troubleshooting_reply_without_steps_quotes_the_wikis_own_steps(make_services):
+    s = make_services("我理解你的心情 [1]。", gate={"negative_threshold": 0.0}, answer={"min_score": 0.0})
+    r = s.pipeline.ask("打印机又卡纸了，烦死了")
+    assert r.route == "troubleshooting" and "quoted" in r.reason, r.reason
+    steps = [line for line in r.answer.splitlines() if line[:1].isdigit()]
+    assert len(steps) >= 2
+    [cited] = [src for src in r.sources if src.cited]
+    for line in steps:  # every step is the cited section's own text, with its citation
+        assert line.endswith(f"[{cited.n}]")
+        assert line.split(". ", 1)[1][:12] in cited.text.replace("**", "")
+    assert s.cfg.escalation.contact in r.answer and "我理解你的心情" not in r.answer
+
+
+def test_troubleshooting_reply_with_cited_steps_is_kept(make_services):
+    reply = "很抱歉 [1]。\n1. 打开盖板取出卡纸 [1]。\n2. 检查纸盒 [1]。"
+    s = make_services(reply, gate={"negative_threshold": 0.0}, answer={"min_score": 0.0})
+    r = s.pipeline.ask("打印机又卡纸了，烦死了")
+    assert r.answer.startswith(reply) and "quoted" not in r.reason
+
+
+def test_copied_passage_headers_are_removed_from_the_answer(make_services):
+    reply = "Book it in Outlook [1].\n\n[2] (Meeting rooms › Booking)\nRooms over 12 seats need approval [2]."
+    s = make_services(reply, gate={"negative_threshold": 1.01}, answer={"min_score": 0.0})
+    r = s.pipeline.ask("How do I book a meeting room?")
+    assert r.route == "answer" and "(Meeting rooms › Booking)" not in r.answer
+    assert "Book it in Outlook [1]." in r.answer and "approval [2]" in r.answer

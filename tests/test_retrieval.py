@@ -13,7 +13,7 @@ from indexer.index import Index, load_index
 from indexer.search import dense_search
 from indexer.store import build_index, make_faiss
 from kbgate.config import load_config
-from kbgate.retrieval import Retriever, native_share
+from kbgate.retrieval import Retriever, is_steps_section, merge_pieces, native_share
 
 OFF_TOPIC = ["what's the weather in Paris tomorrow", "怎么做红烧肉", "who won the world cup",
              "best pizza recipe with mozzarella", "how tall is mount everest", "世界杯冠军是谁",
@@ -126,8 +126,32 @@ def test_prefer_troubleshooting_boosts_those_chunks(small_retriever):
     boosted = small_retriever.search("Workday annual leave request", 5, prefer_troubleshooting=True)
     t_plain = next(h for h in plain if h.type == "troubleshooting")
     t_boost = next(h for h in boosted if h.type == "troubleshooting")
-    assert t_boost.score == pytest.approx(t_plain.score * small_retriever.cfg.troubleshooting_boost)
+    steps = small_retriever.cfg.steps_boost if is_steps_section(t_boost.heading) else 1.0
+    assert t_boost.score == pytest.approx(t_plain.score * small_retriever.cfg.troubleshooting_boost * steps)
     assert boosted.index(t_boost) <= plain.index(t_plain)
+
+
+def test_fix_sections_are_told_from_cause_and_symptom_sections():
+    assert is_steps_section("打印机故障排查 › 解决步骤 › 卡纸") and is_steps_section("VPN authentication failed › Fix")
+    assert not is_steps_section("打印机故障排查 › 原因") and not is_steps_section("Outlook not syncing › Symptoms")
+    assert not is_steps_section("Troubleshooting printers")  # the page title alone is not a fix section
+
+
+def test_section_text_merges_the_pieces_of_a_long_section_once(hash_retriever):
+    ix = hash_retriever.index
+    second = next(c for c in ix.chunks if c.id == "it/printer-troubleshooting#卡纸~2")  # steps 1-3 | 3-5
+    pieces = [c.text for c in ix.chunks if (c.page, c.heading) == (second.page, second.heading)]
+    hit = next(h for h in hash_retriever.search("打印机卡纸 盖板 纸盒", 20) if h.heading == second.heading)
+    merged = hash_retriever.section_text(hit)
+    assert [line[:2] for line in merged.splitlines() if line[:1].isdigit()] == ["1.", "2.", "3.", "4.", "5."]
+    assert all(p.strip() in merged for p in pieces)  # nothing of any piece is lost
+    assert len(merged) < sum(len(p) for p in pieces)  # and the overlap is there once, not twice
+
+
+def test_merge_pieces_keeps_an_overlap_once():
+    assert merge_pieces(["1. a step here\n\n2. second step", "2. second step\n\n3. third"]) == \
+        "1. a step here\n\n2. second step\n\n3. third"
+    assert merge_pieces(["alpha", "beta"]) == "alpha\n\nbeta"  # no overlap: joined as paragraphs
 
 
 def test_language_weights_blend_by_share_of_native_terms():
