@@ -11,6 +11,7 @@ import time
 
 from common import peak_rss_mb, table, update_file
 
+from kbgate.answer import count_steps
 from kbgate.config import load_config
 from kbgate.service import load_services
 
@@ -21,6 +22,11 @@ QUERIES = [
     "How do I book a meeting room?",
     "how long do I have to submit an expense claim",
     "What should I do when a deploy fails?",
+    # frustrated: the troubleshooting route
+    "VPN 又连不上了，烦死了！",
+    "打印机又卡纸了，气死我了",
+    "重置密码根本不管用！邮件一直收不到",
+    "Outlook keeps asking for my password, so annoying",
 ]
 
 
@@ -33,7 +39,7 @@ def main() -> None:
     s = load_services(cfg)
     load_s = time.perf_counter() - t0
     s.pipeline.ask("warm up: VPN")
-    rows, stats = [], {"gate": [], "retrieval": [], "first_token": [], "total": [], "tps": [], "prompt": []}
+    rows, trouble, stats = [], [], {"gate": [], "retrieval": [], "first_token": [], "total": [], "tps": [], "prompt": []}
     for q in QUERIES:
         t_first, n_tokens = None, 0
         for kind, data in s.pipeline.ask(q, stream=True):
@@ -50,7 +56,10 @@ def main() -> None:
         if tm.get("first_token"):
             stats["first_token"].append(tm["first_token"])
             stats["tps"].append(tps)
-        rows.append((q, r.route, r.sentiment["label"], f"{tm['gate']:.0f}", f"{tm['retrieval']:.0f}",
+        steps = count_steps(r.answer)
+        if r.route == "troubleshooting":
+            trouble.append(("quoted" if "quoted" in r.reason else "model") if steps >= 2 else "none")
+        rows.append((q, r.route, r.sentiment["label"], f"{steps} ({trouble[-1]})" if r.route == "troubleshooting" else "-", f"{tm['gate']:.0f}", f"{tm['retrieval']:.0f}",
                      f"{tm['first_token']:.0f}" if tm.get("first_token") else "-",
                      f"{tps:.1f}" if tps == tps else "-", f"{tm['total'] / 1000:.1f} s",
                      ", ".join(f"[{x.n}] {x.page}" for x in r.sources if x.cited) or "-"))
@@ -62,10 +71,13 @@ def main() -> None:
          f"{cfg.answer.passages} passages of ≤ {cfg.answer.passage_tokens} tokens; target < 2,000 ms"),
         ("decode", f"{med(stats['tps']):.1f} tokens/s", "greedy, one sequence"),
         ("end-to-end answer p50", f"{med(stats['total']) / 1000:.1f} s", f"max {cfg.answer.max_new_tokens} new tokens"),
+        ("troubleshooting replies with ≥ 2 cited steps",
+         f"{sum(t != 'none' for t in trouble)}/{len(trouble)}",
+         f"model's own steps {trouble.count('model')}, the wiki's steps quoted {trouble.count('quoted')}"),
         ("load time", f"{load_s:.1f} s", "Qwen + MiniLM + index, from the provisioned folder"),
         ("peak RSS", f"{peak_rss_mb():.0f} MB", "both models loaded, after the runs; target < 2,500 MB"),
     ])
-    detail = table(rows, header=("query", "route", "label", "gate ms", "retrieval ms", "first token ms",
+    detail = table(rows, header=("query", "route", "label", "steps (by)", "gate ms", "retrieval ms", "first token ms",
                                  "tokens/s", "total", "cited"))
     body = summary + "\n\n" + detail
     print(body)
