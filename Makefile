@@ -47,6 +47,7 @@ bench: index
 	$(BIN)/python bench/index.py
 	$(BIN)/python bench/gate.py
 	$(BIN)/python bench/answer.py
+	$(BIN)/python bench/grounded.py
 	$(BIN)/python bench/service.py
 
 clean:

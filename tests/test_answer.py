@@ -72,3 +72,16 @@ def test_a_reply_that_parrots_the_worked_example_is_caught():
                        "2. 确认电脑连的是 Acme-Corp 网络，访客网络无法打印。")]
     assert not copies_example(parrot, example, offline)  # the passages say it too: not a parrot
     assert count_steps(own) == 2 and count_steps("no steps here [1].") == 0
+
+
+def test_compress_keeps_a_table_whole_with_its_header():
+    text = ("公司年假 = 法定年休假 + 公司福利年假。天数按累计工作年限计算，需要提供社保缴纳记录证明：\n"
+            "| 累计工作年限 | 合计 |\n|---|---|\n| 不满 1 年 | 10 天 |\n| 1-10 年 | 15 天 |\n| 10 年以上 | 20 天 |\n\n"
+            "年假申请在 Workday 提交，经理审批后生效，审批一般在两个工作日内完成。")
+    count = lambda t: len(t)  # noqa: E731  one token per character
+    out = compress(text, "年假有多少天？", budget=110, count=count)
+    assert "| 累计工作年限 | 合计 |\n| 不满 1 年 | 10 天 |\n| 1-10 年 | 15 天 |\n| 10 年以上 | 20 天 |" in out
+    assert "---" not in out  # the header rule only costs tokens
+    assert count(out) <= 110
+    small = compress(text, "年假有多少天？", budget=30, count=count)  # the table alone is over budget: rows
+    assert count(small) <= 30 + 2 and "|" in small
