@@ -14,7 +14,7 @@ from kbgate.config import AnswerConfig, EscalationConfig
 from kbgate.lm import Finish, LanguageModel
 from kbgate.text import strip_special
 from kbgate.prompts import Prompts, fill
-from kbgate.retrieval import CAUSE_HEADING, is_steps_section
+from kbgate.retrieval import is_cause_section, is_steps_section
 
 NO_ANSWER = "NO_ANSWER"
 CITATION = re.compile(r"\[(\d{1,2})\]")
@@ -169,7 +169,7 @@ def wiki_steps(passages: list["Passage"], max_steps: int = 6, max_chars: int = 2
     """
     ranked = sorted(passages, key=lambda p: not is_steps_section(p.heading))
     for p in ranked:
-        if CAUSE_HEADING.search(p.heading.rsplit("›", 1)[-1]):
+        if is_cause_section(p.heading):
             continue
         steps, lines = [], p.text.splitlines()
         for i, line in enumerate(lines):
@@ -228,14 +228,14 @@ class Assistant:
         self.user = {r: prompts.text(f"{r}.user.txt") for r in self.ROLES}
         # each role's fixed prefix: its system prompt and, where prompts/ has one, a worked
         # example; KV-cached once
-        self.prefix = {}
+        self.prefix, self.example_reply = {}, {}
         for r in self.ROLES:
             self.prefix[r] = [{"role": "system", "content": prompts.text(f"{r}.system.txt")}]
+            self.example_reply[r] = ""  # a reply copying it is not grounded (see copies_example)
             if prompts.exists(f"{r}.example.user.txt"):
+                self.example_reply[r] = prompts.text(f"{r}.example.reply.txt")
                 self.prefix[r] += [{"role": "user", "content": prompts.text(f"{r}.example.user.txt")},
-                                   {"role": "assistant", "content": prompts.text(f"{r}.example.reply.txt")}]
-        self.example_reply = {r: prompts.text(f"{r}.example.reply.txt") if prompts.exists(f"{r}.example.reply.txt")
-                              else "" for r in self.ROLES}
+                                   {"role": "assistant", "content": self.example_reply[r]}]
         self.chat_system = prompts.text("chat.system.txt")
         self.answer_in = dict(prompts.table("languages.tsv"))  # "zh" -> "请用中文回答"
         for r in self.ROLES:

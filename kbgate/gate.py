@@ -95,12 +95,16 @@ class SentimentGate:
             raise ValueError(f"{name}.item.txt must hold {{text}} exactly once, got {self.item!r}")
         self.before, self.after = self.item.split("{text}")
         self.prefix = rendered[: rendered.index(_SENTINEL)] + body + self.before
-        self.prefix_tokens = lm.register_prefix(self.prefix)
+        lm.register_prefix(self.prefix)
         self.prefix_ids = lm.encode(self.prefix)
         self.label_ids = self._label_ids()
         self.offsets = torch.tensor([w.offset for w in self.words])
         self.groups = torch.tensor([[w.label == label for w in self.words] for label in LABELS],
                                    dtype=torch.float32)  # (3 labels, n words)
+
+    @property
+    def prefix_tokens(self) -> int:
+        return len(self.prefix_ids)
 
     def _label_ids(self) -> list[int]:
         """First token of each word; they must differ for the logits to tell them apart."""

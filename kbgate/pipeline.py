@@ -165,8 +165,9 @@ class Pipeline:
             # The 0.5B model sometimes echoes the complaint or copies its worked example;
             # a frustrated user still gets the wiki's own steps, quoted and cited.
             quoted = quoted_steps_reply(given, lang)
-            steps = self.retriever.steps_section(passages[0].page) if passages[0].type == "troubleshooting" else None
-            if not quoted and steps and all(p.heading != steps.heading or p.page != steps.page for p in passages):
+            steps = (self.retriever.steps_section(passages[0].page)
+                     if not quoted and passages[0].type == "troubleshooting" else None)
+            if steps and (steps.page, steps.heading) not in {(p.page, p.heading) for p in passages}:
                 # the best page's own fix section, though it did not rank among the passages
                 extra = self._source(len(passages) + 1, steps)
                 quoted = quoted_steps_reply([Passage(extra.n, extra.title, extra.heading, extra.text)], lang)

@@ -31,10 +31,15 @@ STEP_HEADING = re.compile(r"解决|步骤|排查|处理|办法|怎么办|fix|ste
 CAUSE_HEADING = re.compile(r"原因|症状|现象|cause|symptom", re.I)
 
 
+def is_cause_section(heading: str) -> bool:
+    """A section whose own heading names causes or symptoms (原因, Symptoms)."""
+    return bool(CAUSE_HEADING.search(heading.rsplit("›", 1)[-1]))
+
+
 def is_steps_section(heading: str) -> bool:
     """A section headed like a fix: its own heading or an enclosing one ('解决步骤 › 卡纸')."""
     parts = [x.strip() for x in heading.split("›")][1:]  # the first part is the page's H1
-    return any(STEP_HEADING.search(x) for x in parts) and not CAUSE_HEADING.search(parts[-1] if parts else "")
+    return any(STEP_HEADING.search(x) for x in parts) and not is_cause_section(heading)
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class Retriever:
         self.cfg = cfg or RetrievalConfig()
         self._tag_masks: dict[frozenset, np.ndarray] = {}
         self._section_rows: dict[tuple, list[int]] | None = None
+        self._merged: dict[tuple, str] = {}  # (page, heading) -> section_text
 
     def section_text(self, hit: Hit) -> str:
         """The whole section a hit belongs to: its pieces merged, each overlap kept once.
@@ -75,17 +81,16 @@ class Retriever:
         Chunks are capped at 200 tokens, so a long list of steps can be split; the model
         and the quoted troubleshooting steps need all of it, not the piece that ranked.
         """
-        pieces = [self.index.chunks[r].text for r in self._sections().get((hit.page, hit.heading), [])]
-        return merge_pieces(pieces) if len(pieces) > 1 else hit.text
+        key = (hit.page, hit.heading)
+        if key not in self._merged:  # the index never changes under a Retriever: merge each section once
+            pieces = [self.index.chunks[r].text for r in self._sections().get(key, [])]
+            self._merged[key] = merge_pieces(pieces) if len(pieces) > 1 else hit.text
+        return self._merged[key]
 
     def steps_section(self, page: str) -> Hit | None:
         """The first section of a page headed like a fix (解决步骤, Fix), as a hit with no scores."""
-        for (pg, heading), rows in self._sections().items():
-            if pg == page and is_steps_section(heading):
-                ch, ix = self.index.chunks[rows[0]], self.index
-                return Hit(ch.page, ix.pages[ch.page].path if ch.page in ix.pages else f"{ch.page}.md",
-                           ch.title, ch.heading, ch.anchor, ch.text, ch.type, 0.0, None, None, 0.0, 0.0, 0.0, ch.id)
-        return None
+        return next((self._hit(rows[0]) for (pg, heading), rows in self._sections().items()
+                     if pg == page and is_steps_section(heading)), None)
 
     def _sections(self) -> dict[tuple, list[int]]:
         """(page, heading) -> the rows of its pieces in order; built on first use (dicts keep page order)."""
@@ -173,14 +178,16 @@ class Retriever:
             return []
         cos = ix.faiss.reconstruct_batch(np.asarray(picked, np.int64)) @ qvec  # (len(picked),) cosines
         lex = coverage(ix, tokens, picked)
-        hits = []
-        for r, cs, lx in zip(picked, cos, lex):
-            ch = ix.chunks[r]
-            hits.append(Hit(ch.page, ix.pages[ch.page].path if ch.page in ix.pages else f"{ch.page}.md",
-                            ch.title, ch.heading, ch.anchor, ch.text, ch.type, float(score[r]),
-                            d_rank.get(r), b_rank.get(r), float(cs), float(b_all[r]),
-                            self.relevance(float(cs), float(lx), share), ch.id))
-        return hits
+        return [self._hit(r, float(score[r]), d_rank.get(r), b_rank.get(r), float(cs), float(b_all[r]),
+                          self.relevance(float(cs), float(lx), share))
+                for r, cs, lx in zip(picked, cos, lex)]
+
+    def _hit(self, row: int, score: float = 0.0, dense_rank: int | None = None, bm25_rank: int | None = None,
+             dense_score: float = 0.0, bm25_score: float = 0.0, relevance: float = 0.0) -> Hit:
+        ch, ix = self.index.chunks[row], self.index
+        return Hit(ch.page, ix.pages[ch.page].path if ch.page in ix.pages else f"{ch.page}.md",
+                   ch.title, ch.heading, ch.anchor, ch.text, ch.type, score, dense_rank, bm25_rank,
+                   dense_score, bm25_score, relevance, ch.id)
 
     def _ranks(self, rows) -> dict[tuple, tuple[int, int]]:
         """Map each section (page, heading) in a ranked row list to (1-based rank among sections, its first row)."""
