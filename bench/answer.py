@@ -11,7 +11,7 @@ import time
 
 from common import peak_rss_mb, table, update_file
 
-from kbgate.answer import count_steps
+from kbgate.grounding import count_steps
 from kbgate.config import load_config
 from kbgate.service import load_services
 

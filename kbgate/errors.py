@@ -57,3 +57,19 @@ class IndexUnavailable(KBGateError):
     """The index is missing, corrupt, or built with another embedder."""
     status = 503
     code = "index_error"
+
+
+class EngineUnavailable(KBGateError):
+    """The model engine cannot be reached or died (a remote server down, a timeout)."""
+    status = 503
+    code = "engine_unavailable"
+
+    def __init__(self, message: str, retry_after: int = 10):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineBadResponse(KBGateError):
+    """The model engine answered something that is not a valid reply (names the engine)."""
+    status = 502
+    code = "engine_bad_response"

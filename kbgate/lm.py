@@ -18,6 +18,8 @@ from typing import Iterator
 
 import torch
 
+from kbgate.engine import Finish  # noqa: F401  (moved; kept importable here)
+
 
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
@@ -34,14 +36,6 @@ def pick_dtype(name: str) -> torch.dtype:
     if name == "bfloat16":
         return torch.bfloat16
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
-
-
-@dataclass
-class Finish:
-    """The last item of `generate`: why it stopped and the token counts."""
-    reason: str  # "stop" | "length"
-    prompt_tokens: int
-    completion_tokens: int
 
 
 class LanguageModel:

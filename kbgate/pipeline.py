@@ -11,12 +11,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from kbgate.answer import (Assistant, Passage, attribute, copies_example, count_steps, drop_passage_headers,
-                           message, quoted_steps_reply)
+from kbgate.answer import Assistant
+from kbgate.grounding import (Passage, attribute, copies_example, count_steps, drop_passage_headers, message,
+                              quoted_steps_reply)
 from kbgate.config import Config
 from kbgate.errors import Busy
 from kbgate.gate import SentimentGate
-from kbgate.lm import Finish
+from kbgate.engine import Finish
 from kbgate.text import check_query, language
 
 

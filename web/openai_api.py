@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from kbgate.answer import Passage
+from kbgate.grounding import Passage
 from kbgate.errors import Busy, KBGateError, NotFound, NotReady
 from kbgate.lm import Finish
 from kbgate.text import language

@@ -24,7 +24,7 @@ from markdown_it.token import Token
 
 from indexer.blocks import Heading, parse
 from indexer.chunking import Slugger, slugify
-from kbgate.answer import CITATION
+from kbgate.grounding import CITATION
 
 TAGS = {"h1", "h2", "h3", "h4", "h5", "h6", "p", "br", "hr", "a", "strong", "em", "s", "del", "code", "pre",
         "blockquote", "ul", "ol", "li", "table", "thead", "tbody", "tr", "th", "td"}

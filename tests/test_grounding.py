@@ -1,5 +1,5 @@
 """The grounding check and passage compression (pure functions)."""
-from kbgate.answer import Passage, attribute, citations, copies_example, count_steps, quoted_steps_reply
+from kbgate.grounding import Passage, attribute, citations, copies_example, count_steps, quoted_steps_reply
 from kbgate.compress import compress
 
 VPN = Passage(1, "VPN", "", "公司统一使用 Acme Connect 客户端（基于 OpenConnect 协议）。家庭路由器网段冲突：公司内网使用 10.0.0.0/8。")

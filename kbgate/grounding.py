@@ -1,0 +1,213 @@
+"""Grounding: check a reply against the passages it cites, and the wiki's own steps.
+
+Pure text functions (no model): sentence-level attribution of `[n]` citations,
+detection of a parroted worked example, and troubleshooting replies built from a
+page's numbered fix steps. The pipeline applies them after the model's reply.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from kbgate.prompts import fill
+from kbgate.retrieval import is_cause_section, is_steps_section
+
+CITATION = re.compile(r"\[(\d{1,2})\]")
+
+MESSAGES = {
+    "no_answer": {
+        "zh": "抱歉，Wiki 里没有找到能回答这个问题的内容。",
+        "en": "Sorry, the wiki has no answer to this question.",
+    },
+    "suggest": {"zh": "最接近的页面：", "en": "Closest pages:"},
+    "escalate": {
+        "zh": "如果以上步骤仍不能解决，请联系 {contact}，或提交工单：{url}",
+        "en": "If these steps don't fix it, contact {contact}, or open a ticket: {url}",
+    },
+    "ack": {
+        "zh": "遇到这种情况确实让人着急，可以按 Wiki 里的这些步骤排查：",
+        "en": "Sorry this keeps getting in your way. These are the wiki's steps for it:",
+    },
+    "human": {
+        "zh": "需要人工帮助？请联系 {contact}，或提交工单：{url}",
+        "en": "Need a human? Contact {contact}, or open a ticket: {url}",
+    },
+}
+
+
+def message(key: str, lang: str, **values: str) -> str:
+    return fill(MESSAGES[key]["zh" if lang == "zh" else "en"], **values)
+
+
+def citations(text: str, n_passages: int) -> list[int]:
+    """Passage numbers cited as [n] in `text`, in order of first use, valid ones only."""
+    seen: list[int] = []
+    for m in CITATION.finditer(text):
+        n = int(m.group(1))
+        if 1 <= n <= n_passages and n not in seen:
+            seen.append(n)
+    return seen
+
+
+_SENTENCE_END = re.compile(r"(?<=[。！？!?])|(?<=[.;；])(?=\s)")  # zero-width: split keeps every character
+_END_PUNCT = "。！？.!?；;：:，,"
+_CITED = re.compile(r"\s*\[\d{1,2}\]")
+
+
+def attribute(text: str, passages: list["Passage"], min_share: float = 0.5,
+              min_cited_share: float = 0.3, verify: bool = True) -> tuple[str, list[int]]:
+    """Ground the reply sentence by sentence; return (cited text, passage numbers cited).
+
+    A sentence's support from a passage is the share of its terms the passage holds.
+    The model's own [n] stays where passage n gives at least `min_cited_share`
+    (half that across languages: an English answer from a Chinese page shares only
+    names, numbers and Latin terms);
+    an uncited or wrongly cited sentence gets the passage with the largest share if
+    that is at least `min_share`. When fewer than half of the sentences are grounded
+    (a small model may parrot its worked example) the reply is not grounded: the
+    list comes back empty. `verify=False` trusts the model's own citations (fakes in tests).
+    """
+    from indexer.tokenize import detect_lang, tokenize
+
+    vocab = {p.n: set(tokenize(p.text)) for p in passages}
+    lang = {p.n: detect_lang(p.text) for p in passages}
+    counts = {"sentences": 0, "grounded": 0}
+
+    def cite(sentence: str) -> str:
+        bare = _CITED.sub("", sentence)
+        terms = set(tokenize(bare))
+        if len(terms) < 2:
+            return sentence  # too short to judge: "1." or "好的"
+        counts["sentences"] += 1
+        share = {n: len(terms & v) / len(terms) for n, v in vocab.items()}
+        own = [int(m) for m in CITATION.findall(sentence)]
+        here = detect_lang(bare)
+        keep = [n for n in dict.fromkeys(own) if n in vocab and (not verify or
+                share[n] >= (min_cited_share if lang[n] == here else min_cited_share / 2))]
+        if keep and keep == list(dict.fromkeys(own)):
+            counts["grounded"] += 1
+            return sentence  # the model's citations all hold: leave them where it put them
+        if not keep:
+            best, n = max((v, n) for n, v in share.items())
+            keep = [n] if best >= min_share else []
+        if not keep:
+            return bare
+        counts["grounded"] += 1
+        marks = "".join(f" [{n}]" for n in keep)
+        body = bare.rstrip()
+        tail = bare[len(body):]
+        if body and body[-1] in _END_PUNCT:
+            return f"{body[:-1]}{marks}{body[-1]}{tail}"
+        return f"{body}{marks}{tail}"
+
+    if not vocab:
+        return text, []
+    cited = "\n".join("".join(cite(x) for x in _SENTENCE_END.split(line)) for line in text.split("\n"))
+    if verify and counts["grounded"] * 2 < counts["sentences"]:
+        return cited, []
+    return cited, citations(cited, max(vocab))
+
+
+_STEP = re.compile(r"^ {0,3}\d{1,2}[.)、]\s+(\S.*)$")
+_MD = [(re.compile(r"<(https?://[^>\s]+)>"), r"\1"), (re.compile(r"!?\[([^\]]*)\]\([^)]*\)"), r"\1"),
+       (re.compile(r"\*\*|__|<[^>]+>"), ""),
+       (re.compile(r"`([^`]*)`"), r"\1")]
+
+
+def _sentences(text: str) -> list[set]:
+    from indexer.tokenize import tokenize
+
+    parts = (x for line in text.split("\n") for x in _SENTENCE_END.split(line))
+    return [t for t in (set(tokenize(_CITED.sub("", x))) for x in parts) if len(t) >= 3]
+
+
+def copies_example(reply: str, example: str, passages: list["Passage"] = (), min_share: float = 0.7) -> bool:
+    """True when most of the reply's sentences are the worked example's own (a 0.5B model
+    parrots its example; the wiki may share enough words with it to pass the grounding check).
+
+    A sentence counts as copied when the example holds `min_share` of its terms and more
+    of them than any passage does: copying what the passages also say is fine.
+    """
+    from indexer.tokenize import tokenize
+
+    mine, theirs = _sentences(reply), _sentences(example)
+    if not mine or not theirs:
+        return False
+    vocab = [set(tokenize(p.text)) for p in passages]
+
+    def copied(m: set) -> bool:
+        from_example = max(len(m & t) / len(m) for t in theirs)
+        from_passages = max((len(m & v) / len(m) for v in vocab), default=0.0)
+        return from_example >= min_share and from_example > from_passages
+
+    return sum(map(copied, mine)) * 2 >= len(mine)
+
+
+_PASSAGE_HEADER = re.compile(r"^\[\d{1,2}\] \([^\n]*\)[ \t]*\n?", re.M)
+
+
+def drop_passage_headers(text: str) -> str:
+    """Remove '[2] (Title › Heading)' lines: the model copying the prompt's passage layout."""
+    return re.sub(r"\n{3,}", "\n\n", _PASSAGE_HEADER.sub("", text)).strip()
+
+
+def count_steps(text: str) -> int:
+    """Numbered lines ('1. ...') in a reply."""
+    return sum(1 for line in text.splitlines() if _STEP.match(line.strip()))
+
+
+def wiki_steps(passages: list["Passage"], max_steps: int = 6, max_chars: int = 220) -> tuple[list[str], int] | None:
+    """The numbered steps of the best passage that has them, as plain text, and its number.
+
+    Passages come best first; a section headed like a fix (解决步骤, Fix, Steps) wins over
+    one that is not, and cause or symptom lists (原因, Symptoms) are never steps.
+    """
+    ranked = sorted(passages, key=lambda p: not is_steps_section(p.heading))
+    for p in ranked:
+        if is_cause_section(p.heading):
+            continue
+        steps, lines = [], p.text.splitlines()
+        for i, line in enumerate(lines):
+            m = _STEP.match(line)
+            if m:
+                step = m.group(1)
+                for pattern, repl in _MD:
+                    step = pattern.sub(repl, step)
+                step = " ".join(step.split())
+                if step.endswith((":", "：")):  # 'run this:' -> the first line of the code block after it
+                    code = _first_code_line(lines[i + 1:])
+                    step += f" `{code}`" if code else ""
+                steps.append(step if len(step) <= max_chars else step[: max_chars - 1] + "…")
+        if len(steps) >= 2:
+            return steps[:max_steps], p.n
+    return None
+
+
+def _first_code_line(lines: list[str]) -> str:
+    """The first line inside the fenced code block that opens the lines (blank lines skipped)."""
+    it = iter(x.strip() for x in lines)
+    for line in it:
+        if not line:
+            continue
+        if not line.startswith(("```", "~~~")):
+            return ""
+        return next((x for x in it if x and not x.startswith(("```", "~~~", "#", "//"))), "")  # no comments
+    return ""
+
+
+def quoted_steps_reply(passages: list["Passage"], lang: str) -> tuple[str, list[int]] | None:
+    """A troubleshooting reply built from the wiki's own numbered steps, each cited; None if none."""
+    found = wiki_steps(passages)
+    if not found:
+        return None
+    steps, n = found
+    lines = [message("ack", lang)] + [f"{i}. {step} [{n}]" for i, step in enumerate(steps, 1)]
+    return "\n".join(lines), [n]
+
+
+@dataclass(frozen=True)
+class Passage:
+    n: int
+    title: str
+    heading: str
+    text: str
