@@ -135,6 +135,18 @@ class OpenAIConfig:
 
 
 @dataclass(frozen=True)
+class RemoteConfig:
+    base_url: str = _f("http://127.0.0.1:8000/v1", "[model] engine = \"openai\": the server's OpenAI-compatible base URL (ends in /v1)")
+    model: str = _f("", "model name sent to the server; empty = the first id its /v1/models lists")
+    api_key_env: str = _f("KBGATE_REMOTE_API_KEY", "env var holding the server's bearer key; unset or empty = no key sent")
+    connect_timeout_s: float = _f(3.0, "seconds to open a connection to the server before it counts as unreachable")
+    read_timeout_s: float = _f(60.0, "seconds to wait for each response (or each streamed piece) before giving up")
+    template: str = _f("chatml", "chatml: render Qwen's ChatML here and use /v1/completions (the gate's open turn works); "
+                                 "server: /v1/chat/completions with the server's own template")
+    retry_after_s: int = _f(10, "Retry-After sent with a 503 while the server is unreachable")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
@@ -147,6 +159,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     slack: SlackConfig = field(default_factory=SlackConfig)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
     root: str = field(default=str(ROOT), metadata={"help": "base for relative paths"})
 
     def path(self, p: str) -> Path:
