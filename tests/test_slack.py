@@ -386,3 +386,19 @@ def test_real_models_answer_a_signed_command_with_a_cited_kb_page(real_services,
     links = source_links(msg)
     assert links and all(LINK.match(x) for x in links)
     assert any("/docs/it/vpn" in x for x in links), links
+
+
+def test_a_replayed_signed_request_is_refused_and_answered_once(slack_app, sink):
+    app = slack_app()
+    body = slash_body("VPN 怎么连", sink.url)
+    headers = signed(body)  # one valid signature, sent twice inside the 5-minute window
+    first = app.test_client().post("/slack/commands", data=body, headers=headers)
+    again = app.test_client().post("/slack/commands", data=body, headers=headers)
+    assert first.status_code == 200
+    assert again.status_code == 401 and "replay" in again.get_data(as_text=True)
+    sink.wait(1)
+    time.sleep(0.3)
+    assert len(sink.posts) == 1 and app.extensions["slack"].accepted == 1
+    fresh = slash_body("VPN 怎么连", sink.url)  # the same question, newly signed later, is a new request
+    assert app.test_client().post("/slack/commands", data=fresh, headers=signed(fresh, ts=int(time.time()) + 1)
+                                  ).status_code == 200

@@ -65,6 +65,7 @@ def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
     """Build the app. `services`: ready-made (tests); `loader`: a callable run in the background."""
     cfg = cfg or load_config()
     app = Flask(__name__)
+    app.url_map.merge_slashes = False  # '/api/docs//etc/passwd' is a JSON 404, not a redirect to a merged path
     app.config["MAX_CONTENT_LENGTH"] = cfg.server.max_body_bytes
     app.json.ensure_ascii = False
     st = State(cfg, services)
@@ -108,6 +109,9 @@ def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
 
     @app.after_request
     def security_headers(resp):
+        if request.method == "OPTIONS" and resp.status_code == 200 and not resp.content_length:
+            resp.status_code = 204  # Flask's automatic OPTIONS: the Allow header, no (HTML) body
+            del resp.headers["Content-Type"]
         resp.headers.setdefault("Content-Security-Policy", CSP)
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("Referrer-Policy", "no-referrer")

@@ -45,6 +45,8 @@ def json_body(fields: tuple[str, ...]) -> dict:
     except json.JSONDecodeError as e:
         hint = "" if request.is_json else f" (sent as {request.mimetype or 'no Content-Type'}; use application/json)"
         raise BadInput(f"body is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}){hint}") from None
+    except (ValueError, RecursionError) as e:  # an integer of over 4,300 digits, nesting too deep
+        raise BadInput(f"body is not usable JSON: {str(e).split(';')[0]}") from None
     if not isinstance(body, dict):
         raise BadInput("body must be a JSON object")
     unknown = sorted(set(body) - set(fields))

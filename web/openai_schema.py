@@ -137,7 +137,8 @@ def parse_request(body: dict, cfg: Config) -> ChatRequest:
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise invalid("stream must be true or false", "stream", "invalid_type")
-    options = body.get("stream_options") or {}
+    options = body.get("stream_options")
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise invalid("stream_options must be an object", "stream_options", "invalid_type")
     language = body.get("language")

@@ -1,8 +1,8 @@
 """`POST /slack/commands`: Slack's slash command, acknowledged at once and answered in the background.
 
 Every request is verified with Slack's signing secret from the environment
-(`SLACK_SIGNING_SECRET`; unset → 503 "not configured", a bad or stale signature → 401,
-both plain text, no work done). `ssl_check=1` gets 200 before verification, as Slack's
+(`SLACK_SIGNING_SECRET`; unset → 503 "not configured", a bad or stale signature or a replay of
+an accepted one → 401, all plain text, no work done). `ssl_check=1` gets 200 before verification, as Slack's
 own Bolt does: it does nothing. A valid question gets an ephemeral "searching" reply
 within the request; a bounded per-app pool (`slack.workers`, `slack.max_pending`) answers
 and POSTs the blocks to `response_url`, but only to an allow-listed host. The answer
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 from urllib.parse import urlsplit
@@ -47,6 +48,30 @@ def allowed_url(url: str, hosts: list[str], allow_http: bool = False) -> bool:
         host in {h.lower() for h in hosts}
 
 
+class ReplayGuard:
+    """Signatures already accepted within Slack's 5-minute window: a second use is a replay.
+
+    In-process only; several processes behind one Slack app need a shared store
+    (e.g. Redis `SET sig 1 NX EX 360`) for the same guarantee.
+    """
+
+    def __init__(self, window_s: float = 360.0, clock: Callable[[], float] = time.monotonic):
+        self.window_s, self.clock = window_s, clock
+        self._seen: dict[str, float] = {}  # signature -> when it stops mattering
+        self._lock = threading.Lock()
+
+    def first_use(self, signature: str) -> bool:
+        """Record `signature`; False when it was already used inside the window."""
+        now = self.clock()
+        with self._lock:
+            if len(self._seen) > 1000:
+                self._seen = {k: t for k, t in self._seen.items() if t > now}
+            if self._seen.get(signature, 0.0) > now:
+                return False
+            self._seen[signature] = now + self.window_s
+            return True
+
+
 class Responder:
     """One app's Slack worker pool: admits questions, answers them off-request, posts the result."""
 
@@ -55,6 +80,7 @@ class Responder:
         self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.slack.workers), thread_name_prefix="kbgate-slack")
         self._slots = threading.BoundedSemaphore(max(1, cfg.slack.max_pending))
         self.accepted = 0  # questions taken into the pool (tests check nothing else did work)
+        self.replays = ReplayGuard()
 
     def submit(self, question: str, tags, response_url: str, public: bool) -> bool:
         """Queue a question; False when `max_pending` are already waiting or running."""
@@ -138,6 +164,8 @@ def commands():
         return _plain("invalid or expired Slack signature", 401)
 
     slack: Responder = current_app.extensions["slack"]
+    if not slack.replays.first_use(request.headers.get("X-Slack-Signature", "")):
+        return _plain("this signed request was already received (replay refused)", 401)
     cfg, form = slack.cfg, request.form
     command = form.get("command", cfg.slack.command)
     text = form.get("text", "").strip()
