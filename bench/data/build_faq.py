@@ -231,7 +231,7 @@ class Section:
     title: str
     number: str  # "1.2" for the Debian FAQ, "" for Sphinx pages
     content: list  # nodes of its own text
-    children: list["Section"] = field(default_factory=list)
+    children: list[Section] = field(default_factory=list)
 
 
 _NUM = re.compile(r"^\s*(\d+(?:\.\d+)*)\.\s*")
@@ -273,7 +273,7 @@ def sphinx_sections(node: Node) -> list[Section]:
 
 _ZH_Q = re.compile(r"吗|呢|什么|如何|怎么|怎样|哪|为什么|是否|有没有|能否|可否")
 _EN_Q = re.compile(r"^(what|how|why|where|which|who|when|is|are|can|could|do|does|did|should|must|will|would|"
-                   r"may|has|have|i|you|\(how\))\b", re.I)
+                   r"may|has|have|i|you|\(how\))\b", re.IGNORECASE)
 
 
 def is_question(title: str) -> bool:
@@ -365,9 +365,7 @@ def python_faq() -> list[tuple[str, str, Item]]:
         body = next((n for n in root.iter() if n.attrs.get("role") == "main" or "body" in n.cls()), root)
         tops = sphinx_sections(body)
         doc_title = tops[0].title if tops else f.stem  # "Programming FAQ"
-        n = 0
-        for it in items_of(tops[0].children if tops else [], None):
-            n += 1
+        for n, it in enumerate(items_of(tops[0].children if tops else [], None), 1):
             cat = f"{doc_title}: {it.category}" if it.category else doc_title
             out.append((f"{f.stem}/q{n:03d}", f"{cat} {n}", it))
     return out
@@ -383,7 +381,7 @@ def licence_text(source: str) -> str:
     if source == "python":
         need(Path("/usr/share/doc/python3.11-doc/copyright"), "python3.11-doc")
         text = Path("/usr/share/doc/python3.11-doc/copyright").read_text(encoding="utf-8")
-        m = re.search(r"PYTHON SOFTWARE FOUNDATION LICENSE VERSION 2.*?(?=\n\n\n)", text, re.S)
+        m = re.search(r"PYTHON SOFTWARE FOUNDATION LICENSE VERSION 2.*?(?=\n\n\n)", text, re.DOTALL)
         head = ("Derived from the Python 3.11 documentation (Debian package python3.11-doc),\n"
                 "Doc/faq/*.html. Copyright (c) 2001-2026 Python Software Foundation; All Rights Reserved.\n"
                 "The pages are licensed under the Python Software Foundation License Version 2:\n\n")
@@ -391,7 +389,7 @@ def licence_text(source: str) -> str:
         pkg = "debian-faq-zh-cn" if source == "zh-cn" else "debian-faq"
         need(Path(f"/usr/share/doc/{pkg}/copyright"), pkg)
         text = Path(f"/usr/share/doc/{pkg}/copyright").read_text(encoding="utf-8")
-        m = re.search(r"The copyright and license statement for the Debian FAQ:.*?original English\.", text, re.S)
+        m = re.search(r"The copyright and license statement for the Debian FAQ:.*?original English\.", text, re.DOTALL)
         head = f"Derived from the Debian FAQ (Debian package {pkg}).\n\n"
     if not m:
         sys.exit(f"error: cannot find the licence notice for {source}; check /usr/share/doc/*/copyright")
