@@ -88,6 +88,8 @@ class AnswerConfig:
                                       "unsupported becomes 'no answer'")
     repetition_penalty: float = _f(1.15, "damps tokens the answer already used (small models loop without it)")
     passage_tokens: int = _f(130, "each passage is compressed to its lines most relevant to the query, up to this many tokens")
+    check_values: bool = _f(True, "a sentence whose number, date, amount or code is not in its cited passage is "
+                                  "replaced by that passage's own line (or dropped); yes/no verdicts quote the deciding line")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from kbgate.prompts import fill
 from kbgate.retrieval import is_cause_section, is_steps_section
@@ -121,6 +122,22 @@ def _sentences(text: str) -> list[set]:
     return [t for t in (set(tokenize(_CITED.sub("", x))) for x in parts) if len(t) >= 3]
 
 
+def _copied(example: str, passages) -> Callable[..., bool]:
+    """A test for one sentence's terms: the example holds `min_share` of them, and more than any passage."""
+    from indexer.tokenize import tokenize
+
+    theirs = _sentences(example)
+    vocab = [set(tokenize(p.text)) for p in passages]
+
+    def copied(m: set, min_share: float = 0.7) -> bool:
+        if not theirs or not m:
+            return False
+        from_example = max(len(m & t) / len(m) for t in theirs)
+        from_passages = max((len(m & v) / len(m) for v in vocab), default=0.0)
+        return from_example >= min_share and from_example > from_passages
+    return copied
+
+
 def copies_example(reply: str, example: str, passages: list["Passage"] = (), min_share: float = 0.7) -> bool:
     """True when most of the reply's sentences are the worked example's own (a 0.5B model
     parrots its example; the wiki may share enough words with it to pass the grounding check).
@@ -128,19 +145,23 @@ def copies_example(reply: str, example: str, passages: list["Passage"] = (), min
     A sentence counts as copied when the example holds `min_share` of its terms and more
     of them than any passage does: copying what the passages also say is fine.
     """
+    mine = _sentences(reply)
+    copied = _copied(example, passages)
+    return bool(mine) and sum(copied(m, min_share) for m in mine) * 2 >= len(mine)
+
+
+def drop_copied(reply: str, example: str, passages: list["Passage"] = (), min_share: float = 0.6) -> str:
+    """The reply without the sentences it copied from the worked example (its acknowledgement, say)."""
     from indexer.tokenize import tokenize
 
-    mine, theirs = _sentences(reply), _sentences(example)
-    if not mine or not theirs:
-        return False
-    vocab = [set(tokenize(p.text)) for p in passages]
-
-    def copied(m: set) -> bool:
-        from_example = max(len(m & t) / len(m) for t in theirs)
-        from_passages = max((len(m & v) / len(m) for v in vocab), default=0.0)
-        return from_example >= min_share and from_example > from_passages
-
-    return sum(map(copied, mine)) * 2 >= len(mine)
+    copied = _copied(example, passages)
+    lines = []
+    for line in reply.split("\n"):
+        kept = [x for x in _SENTENCE_END.split(line)
+                if not ((t := set(tokenize(_CITED.sub("", x)))) and len(t) >= 3 and copied(t, min_share))]
+        if "".join(kept).strip() or not line.strip():
+            lines.append("".join(kept).rstrip())
+    return "\n".join(lines).strip()
 
 
 _PASSAGE_HEADER = re.compile(r"^\[\d{1,2}\] \([^\n]*\)[ \t]*\n?", re.M)
@@ -151,6 +172,51 @@ def drop_passage_headers(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", _PASSAGE_HEADER.sub("", text)).strip()
 
 
+def is_fix(p: "Passage") -> bool:
+    """A passage from a fix section (解决步骤 / Fix / Steps), never one of causes or symptoms."""
+    return is_steps_section(p.heading) and not is_cause_section(p.heading)
+
+
+def fix_steps(text: str, passages: list["Passage"], page: str | None = None) -> tuple[str, int]:
+    """Keep the reply's numbered steps that cite only fix sections (of `page` when given), renumbered.
+
+    Returns (text, steps kept). A step citing Symptoms or Cause, or nothing, is dropped:
+    a list of symptoms is not a list of things to do.
+    """
+    fix = {p.n for p in passages if is_fix(p) and (page is None or p.page == page)}
+    out, n = [], 0
+    for line in text.split("\n"):
+        m = _STEP.match(line.strip())
+        if not m:
+            out.append(line)
+            continue
+        cited = {int(x) for x in CITATION.findall(line)}
+        if cited and cited <= fix:
+            n += 1
+            out.append(f"{n}. {m.group(1)}")
+    return "\n".join(out).strip(), n
+
+
+def with_ack(text: str, lang: str, example: str = "") -> str:
+    """The reply opening with one acknowledgement in the query's language (ours when the model's is
+    in another language, copies the worked example, or is missing)."""
+    from indexer.tokenize import detect_lang
+
+    lines = text.split("\n")
+    first = next((i for i, x in enumerate(lines) if x.strip()), None)
+    if first is None or _STEP.match(lines[first].strip()):
+        return message("ack", lang) + ("\n" + text if text else "")
+    head = lines[first]
+    if detect_lang(_CITED.sub("", head)) != lang or (example and copies_example(head, example, ())):
+        lines[first] = message("ack", lang)
+    return "\n".join(lines[first:])
+
+
+def without_contact(text: str, *contacts: str) -> str:
+    """The reply without lines giving the human contact: the pipeline appends it once."""
+    return "\n".join(x for x in text.split("\n") if not any(c and c in x for c in contacts)).strip()
+
+
 def count_steps(text: str) -> int:
     """Numbered lines ('1. ...') in a reply."""
     return sum(1 for line in text.splitlines() if _STEP.match(line.strip()))
@@ -159,12 +225,11 @@ def count_steps(text: str) -> int:
 def wiki_steps(passages: list["Passage"], max_steps: int = 6, max_chars: int = 220) -> tuple[list[str], int] | None:
     """The numbered steps of the best passage that has them, as plain text, and its number.
 
-    Passages come best first; a section headed like a fix (解决步骤, Fix, Steps) wins over
-    one that is not, and cause or symptom lists (原因, Symptoms) are never steps.
+    Passages come best first; only a section headed like a fix (解决步骤, Fix, Steps, 处理)
+    gives steps: cause or symptom lists (原因, Symptoms) and how-to lists are never quoted.
     """
-    ranked = sorted(passages, key=lambda p: not is_steps_section(p.heading))
-    for p in ranked:
-        if is_cause_section(p.heading):
+    for p in passages:
+        if not is_fix(p):
             continue
         steps, lines = [], p.text.splitlines()
         for i, line in enumerate(lines):
@@ -211,3 +276,4 @@ class Passage:
     title: str
     heading: str
     text: str
+    page: str = ""  # page id, "it/vpn-auth-failed": which page a troubleshooting step comes from

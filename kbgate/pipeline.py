@@ -12,8 +12,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 from kbgate.answer import Assistant
-from kbgate.grounding import (Passage, attribute, copies_example, count_steps, drop_passage_headers, message,
-                              quoted_steps_reply)
+from kbgate.grounding import (Passage, attribute, citations, copies_example, count_steps, drop_copied,
+                              drop_passage_headers, fix_steps, is_fix, message, quoted_steps_reply, with_ack,
+                              without_contact)
+from kbgate.quotes import check_values, quote_verdict
 from kbgate.config import Config
 from kbgate.errors import Busy
 from kbgate.gate import SentimentGate
@@ -150,7 +152,7 @@ class Pipeline:
         yield "sources", [asdict(p) for p in passages]
         role = "troubleshoot" if trouble else "answer"
         text, first = "", None
-        given = [Passage(p.n, p.title, p.heading, p.text) for p in passages]
+        given = [Passage(p.n, p.title, p.heading, p.text, p.page) for p in passages]
         for piece in self.assistant.stream(role, query, given, max_new_tokens):
             if isinstance(piece, Finish):
                 break
@@ -160,23 +162,15 @@ class Pipeline:
             yield "token", piece
         # keep the model's [n] where its passage supports the sentence; cite what else a passage supports
         text, cited = attribute(drop_passage_headers(text), given, verify=self.cfg.answer.verify_citations)
-        if cited and self.cfg.answer.verify_citations and copies_example(text, self.assistant.example_reply[role], given):
+        example = self.assistant.example_reply[role]
+        if cited and self.cfg.answer.verify_citations and copies_example(text, example, given):
             cited = []  # the worked example parroted back: not an answer from these passages
-        if trouble and (not cited or count_steps(text) < 2):
-            # The 0.5B model sometimes echoes the complaint or copies its worked example;
-            # a frustrated user still gets the wiki's own steps, quoted and cited.
-            quoted = quoted_steps_reply(given, lang)
-            steps = (self.retriever.steps_section(passages[0].page)
-                     if not quoted and passages[0].type == "troubleshooting" else None)
-            if steps and (steps.page, steps.heading) not in {(p.page, p.heading) for p in passages}:
-                # the best page's own fix section, though it did not rank among the passages
-                extra = self._source(len(passages) + 1, steps)
-                quoted = quoted_steps_reply([Passage(extra.n, extra.title, extra.heading, extra.text)], lang)
-                if quoted:
-                    passages.append(extra)  # the done event carries the final sources
-            if quoted:
-                text, cited = quoted
-                reason += "; the model's reply had no grounded steps, so the wiki's steps are quoted"
+        if cited:
+            text, cited, notes = self._check(text, given, query, lang, trouble)
+            reason += "".join(f"; {x}" for x in notes)
+        if trouble:
+            text, cited, note = self._troubleshoot(text, cited, given, passages, lang, example)
+            reason += note
         if not cited:
             yield from self._no_answer(query, sentiment, hits, lang, trouble, timings, ms,
                                        "the reply is not grounded in any passage" if text.strip()
@@ -191,6 +185,46 @@ class Pipeline:
         timings.setdefault("first_token", None)
         timings["total"] = ms()
         yield "done", Result(query, sentiment, route, reason, text.strip(), passages, [], timings)
+
+    def _check(self, text: str, given: list[Passage], query: str, lang: str, trouble: bool):
+        """Values the cited passage lacks, and yes/no verdicts, give way to the passage's own line."""
+        if not (self.cfg.answer.check_values and self.cfg.answer.verify_citations):
+            return text, citations(text, len(given)), []  # unverified: the model's replies are trusted
+        text, notes = check_values(text, given, query, lang)
+        if not trouble:
+            cited = [p for p in given if p.n in citations(text, len(given))]
+            text, quoted = quote_verdict(text, cited or given, query, lang)
+            notes += ["a yes/no question: the deciding line is quoted"] if quoted else []
+        return text, citations(text, len(given)), notes
+
+    def _troubleshoot(self, text: str, cited: list[int], given: list[Passage], passages: list[Source],
+                      lang: str, example: str) -> tuple[str, list[int], str]:
+        """At least two steps from the best troubleshooting page's fix section, an acknowledgement in
+        the query's language, no copied example and no contact (it is appended once)."""
+        target = next((p.page for p in passages if p.type == "troubleshooting"), None)
+        esc = self.cfg.escalation
+        text = without_contact(drop_copied(text, example, given), esc.contact, esc.url)
+        if not any(is_fix(g) for g in given) and target is None and cited and count_steps(text) >= 2:
+            return with_ack(text, lang, example), citations(text, len(given)), ""  # no fix section to hold it to
+        steps, n = fix_steps(text, given, target)
+        if cited and n >= 2:
+            return with_ack(steps, lang, example), citations(steps, len(given)), ""
+        # The 0.5B model sometimes echoes the complaint, copies its worked example or lists
+        # symptoms; a frustrated user still gets the wiki's own fix steps, quoted and cited.
+        pool = [g for g in given if target is None or g.page == target]
+        quoted = quoted_steps_reply(pool, lang)
+        if not quoted and target:
+            fix = self.retriever.steps_section(target)
+            if fix and (fix.page, fix.heading) not in {(p.page, p.heading) for p in passages}:
+                # the best page's own fix section, though it did not rank among the passages
+                extra = self._source(len(passages) + 1, fix)
+                quoted = quoted_steps_reply([Passage(extra.n, extra.title, extra.heading, extra.text, extra.page)],
+                                            lang)
+                if quoted:
+                    passages.append(extra)  # the done event carries the final sources
+        if not quoted:
+            return text, cited, ""
+        return (*quoted, "; the model's reply had no grounded steps from a fix section, so the wiki's steps are quoted")
 
     def _no_answer(self, query, sentiment, hits, lang, trouble, timings, ms, why):
         text = message("no_answer", lang)

@@ -85,3 +85,99 @@ def test_compress_keeps_a_table_whole_with_its_header():
     assert count(out) <= 110
     small = compress(text, "年假有多少天？", budget=30, count=count)  # the table alone is over budget: rows
     assert count(small) <= 30 + 2 and "|" in small
+
+
+# --- values: every number, amount, date, duration, time and code must be in the cited passage
+
+import pytest  # noqa: E402
+
+from kbgate.quotes import check_values, is_yes_no, passage_lines, quote_verdict  # noqa: E402
+from kbgate.values import missing, values  # noqa: E402
+
+ANNUAL = Passage(1, "年假管理办法", "年假管理办法 › 年假天数", """公司年假 = 法定年休假 + 公司福利年假：
+
+| 累计工作年限 | 法定年休假 | 公司福利年假 | 合计 |
+|---|---|---|---|
+| 不满 1 年 | 0 天 | 10 天 | 10 天 |
+| 满 1 年不满 10 年 | 5 天 | 10 天 | 15 天 |
+| 满 10 年不满 20 年 | 10 天 | 8 天 | 18 天 |
+| 满 20 年及以上 | 15 天 | 7 天 | 22 天 |
+
+> 例：7 月 1 日入职、累计工作 3 年的员工，当年年假 = 15 × 184 ÷ 365 ≈ 7.56，取 7.5 天。""", "hr/annual-leave")
+SPECIAL = Passage(1, "其他假期", "其他假期 › 假期一览", """| 假期 | 天数 | 是否带薪 | 备注 |
+|---|---|---|---|
+| 婚假 | 10 个工作日 | 全薪 | 领证后 1 年内一次性休完 |
+| 陪产假 | 10 个工作日 | 全薪 | 北京为 15 天；子女出生后 6 个月内休完 |
+| 育儿假 | 每年 5 个工作日 | 全薪 | 子女满 3 周岁前每年享有 |""", "hr/special-leave")
+SICK = Passage(1, "Sick leave policy", "Sick leave policy › When you need a medical certificate", """| Length of absence | What you need |
+|---|---|
+| Up to 2 consecutive working days | Nothing, self-certified |
+| 3 working days or more | Sick-leave certificate (病假证明/病假单) from a hospital |
+| More than 15 working days | Certificate from a grade-II or grade-III hospital, renewed every 30 days |
+
+Message your manager **before 10:00** on the first day you are off.""", "hr/sick-leave")
+
+
+@pytest.mark.parametrize("text, found", [
+    ("15 天", {"15 day"}), ("１５天", {"15 day"}), ("十五天", {"15 day"}), ("两个工作日", {"2 workday"}),
+    ("¥1,500", {"1500 money"}), ("1，500 元", {"1500 money"}), ("RMB 300", {"300 money"}),
+    ("before 10:00", {"10:00"}), ("上午 9:00–13:00", {"9:00", "13:00"}), ("10：00 前", {"10:00"}),
+    ("错误码E02", {"e02"}), ("Error `AUTH-403: user not permitted`", {"auth-403"}),
+    ("3 working days", {"3 workday"}), ("three working days", {"3 workday"}), ("10 个工作日", {"10 workday"}),
+    ("call ext. 8000", {"8000"}), ("5–20 分钟", {"5 minute", "20 minute"}), ("one year", {"1 year"}),
+    ("60%–100%", {"60 percent", "100 percent"}), ("see step [2].", set()), ("1. Open the portal [1]", set()),
+    ("DNS 10.10.0.53", {"10.10.0.53"}), ("7 月 1 日", {"7 month", "1 day"}),
+])
+def test_values_are_found_and_normalised_in_both_languages(text, found):
+    assert {str(v) for v in values(text)} == found
+
+
+def test_a_value_must_be_in_the_passage_with_its_unit_not_inside_another_number():
+    assert missing("Return it within 3 working days [1].", "return it within 3 working days") == []
+    assert missing("陪产假有 10 working days。", "陪产假 | 10 个工作日") == []  # units cross languages
+    assert [str(v) for v in missing("陪产假每年 5 天", "育儿假 | 每年 5 个工作日")] == ["5 day"]
+    assert [str(v) for v in missing("Call 800.", "call extension 8000")] == ["800"]
+    assert [str(v) for v in missing("Error AUTH-404 [1].", "Error AUTH-403")] == ["auth-404"]
+    assert missing("工作 3 年的员工有 15 天", "| 满 1 年不满 10 年 | 15 天 |", query="工作三年的员工年假几天") == []
+
+
+def test_the_issue_annual_leave_arithmetic_becomes_the_table_row_the_question_names():
+    wrong = "工作三年的员工当年年假 = 15 × 364 ÷ 365 ≈ 7.56，取 7 天 [1]。"
+    text, notes = check_values(wrong, [ANNUAL], "工作三年的员工年假一共多少天？", "zh")
+    assert "364" not in text and "取 7 天" not in text and notes
+    assert "满 1 年不满 10 年" in text and "合计: 15 天" in text and text.endswith("[1]。")
+
+
+def test_a_value_from_another_row_of_the_table_is_caught():
+    q = "工作三年的员工年假一共多少天？"
+    assert check_values("工作三年的员工年假一共 15 天 [1]。", [ANNUAL], q, "zh")[1] == []
+    text, notes = check_values("工作三年的员工年假一共 18 天 [1]。", [ANNUAL], q, "zh")  # 18 天 is another row's
+    assert "18 天" not in text.split("“")[0] and "15 天" in text and notes
+
+
+def test_the_issue_paternity_leave_five_days_gives_way_to_ten_working_days():
+    text, notes = check_values("陪产假每年 5 天 [1]。", [SPECIAL], "陪产假可以休几天？", "zh")
+    assert "每年 5 天" not in text and "陪产假; 天数: 10 个工作日" in text and text.startswith("Wiki 原文"), text
+    assert check_values("陪产假有 10 个工作日 [1]。", [SPECIAL], "陪产假可以休几天？", "zh") == ("陪产假有 10 个工作日 [1]。", [])
+
+
+def test_an_unsupported_sentence_with_no_line_to_quote_is_dropped():
+    text, notes = check_values("Message your manager before 10:00 [1]. The office opens at 7:30 [1].",
+                               [SICK], "when do I tell my manager", "en")
+    assert text == "Message your manager before 10:00 [1]." and "7:30" in notes[0]
+
+
+def test_the_issue_sick_note_no_quotes_the_deciding_row():
+    q = "Do I need a sick note if I'm off for three days?"
+    assert is_yes_no(q) and is_yes_no("请三天病假需要病假条吗？") and not is_yes_no("How many days of sick leave?")
+    text, changed = quote_verdict("No, you do not need one [1].", [SICK], q, "en")
+    assert changed and not text.startswith("No")
+    assert text.startswith('The wiki says: "Length of absence: 3 working days or more; What you need: Sick-leave')
+    assert text.endswith("[1].")
+    zh, _ = quote_verdict("不需要 [1]。", [SICK], "请三天病假需要病假条吗？", "zh")
+    assert zh.startswith("Wiki 原文：“Length of absence: 3 working days or more") and "不需要" not in zh
+
+
+def test_passage_lines_read_table_rows_with_their_headers_and_skip_code():
+    lines = passage_lines("Intro **bold**.\n\n| a | b |\n|---|---|\n| x | 1 |\n\n```bash\nrm -rf /\n```\n1. Step one.")
+    assert lines == [("", "Intro bold."), ("x", "a: x; b: 1"), ("", "Step one.")]

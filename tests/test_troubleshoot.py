@@ -1,0 +1,92 @@
+"""Troubleshooting replies: steps only from a fix section, the acknowledgement in the query's
+language, never the worked example, the human contact exactly once (fake services, real index)."""
+import re
+
+from kbgate.grounding import MESSAGES, Passage, drop_copied, fix_steps, with_ack, without_contact
+
+EXAMPLE = open("prompts/troubleshoot.example.reply.txt", encoding="utf-8").read()
+CHECKED = {"verify_citations": True, "check_values": True, "min_score": 0.0}
+WIFI = "Wi-Fi 又断了，烦死了"  # hash index: [1] wifi-dropping intro, [2] its 解决步骤, [3] its 症状
+STEP1 = "1. 先看 #it-status 频道是否有正在处理的网络故障公告 [2]。"
+STEP2 = "2. 在电脑上“忘记” Acme-Guest 和 Acme-BYOD 网络，公司电脑只保留 Acme-Corp [2]。"
+
+
+def ask(make_services, reply, query):
+    s = make_services(reply, gate={"negative_threshold": 0.0}, answer=CHECKED)
+    return s, s.pipeline.ask(query)
+
+
+def steps_of(answer):
+    return [line for line in answer.splitlines() if re.match(r"\d+\. ", line)]
+
+
+def assert_fix_steps_and_one_contact(s, r, page=None):
+    assert r.route == "troubleshooting", (r.reason, r.answer)
+    steps = steps_of(r.answer)
+    assert len(steps) >= 2, r.answer
+    cited = {int(n) for line in steps for n in re.findall(r"\[(\d)\]", line)}
+    by_n = {src.n: src for src in r.sources}
+    assert cited and all(re.search(r"(解决步骤|Fix)", by_n[n].heading) for n in cited), [by_n[n].heading for n in cited]
+    if page:
+        assert {by_n[n].page for n in cited} == {page}
+    assert r.answer.count(s.cfg.escalation.contact) == 1, r.answer
+
+
+def test_symptoms_listed_as_steps_give_way_to_the_fix_section(make_services):
+    reply = "很抱歉 [1]。\n1. 笔记本每隔 5–20 分钟断开一次 Wi-Fi，然后自动重连 [3]。\n2. Wi-Fi 图标显示已连接，但网页打不开 [3]。"
+    s, r = ask(make_services, reply, WIFI)
+    assert_fix_steps_and_one_contact(s, r, "it/wifi-dropping")
+    assert "自动重连" not in r.answer and "quoted" in r.reason
+
+
+def test_model_steps_from_the_fix_section_are_kept_and_a_copied_ack_is_replaced(make_services):
+    reply = "打印一直出问题确实很耽误事，我们一步步来排查：\n" + STEP1 + "\n" + STEP2
+    s, r = ask(make_services, reply, WIFI)
+    assert_fix_steps_and_one_contact(s, r, "it/wifi-dropping")
+    assert "quoted" not in r.reason and "耽误事" not in r.answer
+    assert r.answer.startswith(MESSAGES["ack"]["zh"]) and STEP1 in r.answer
+
+
+def test_the_acknowledgement_is_in_the_querys_language(make_services):
+    reply = "Sorry, that is really annoying, here is what to do.\n" + STEP1 + "\n" + STEP2
+    s, r = ask(make_services, reply, WIFI)
+    assert r.answer.startswith(MESSAGES["ack"]["zh"]) and "annoying" not in r.answer
+
+
+def test_an_english_query_never_sees_the_chinese_worked_example(make_services):
+    s, r = ask(make_services, EXAMPLE, "VPN keeps saying login failed, so annoying")
+    assert_fix_steps_and_one_contact(s, r)
+    assert not re.search(r"打印|耽误事|print\.acme", r.answer), r.answer
+    assert r.answer.startswith(MESSAGES["ack"]["en"])
+    first = next(src for src in r.sources if src.type == "troubleshooting")
+    assert all(src.page == first.page for src in r.sources if src.cited)  # the best troubleshooting page's steps
+
+
+def test_the_human_contact_appears_exactly_once(make_services):
+    s = make_services("", gate={"negative_threshold": 0.0}, answer=CHECKED)
+    contact = s.cfg.escalation.contact
+    reply = f"网络断线确实烦人。\n{STEP1}\n{STEP2}\n如果还不行，请联系 {contact}。"
+    s, r = ask(make_services, reply, WIFI)
+    assert_fix_steps_and_one_contact(s, r, "it/wifi-dropping")
+
+
+FIX = Passage(1, "VPN", "VPN › Fix", "1. Read the error.\n2. Renew the certificate.", "it/vpn-auth-failed")
+CAUSE = Passage(2, "VPN", "VPN › Cause", "1. Expired certificate.\n2. Expired password.", "it/vpn-auth-failed")
+OTHER = Passage(3, "Wi-Fi", "Wi-Fi › 解决步骤", "1. 忘记 Acme-Guest。", "it/wifi-dropping")
+
+
+def test_fix_steps_keeps_only_steps_citing_the_pages_fix_section_and_renumbers():
+    text = "Sorry.\n1. Expired certificate [2].\n2. Read the error [1].\n3. Forget Acme-Guest [3].\n4. Renew it [1]."
+    assert fix_steps(text, [FIX, CAUSE, OTHER], "it/vpn-auth-failed") == (
+        "Sorry.\n1. Read the error [1].\n2. Renew it [1].", 2)
+    assert fix_steps(text, [FIX, CAUSE, OTHER])[1] == 3  # no page given: any fix section
+    assert fix_steps("1. Read the error.\n2. Renew it.", [FIX])[1] == 0  # uncited steps do not count
+
+
+def test_ack_copied_example_and_contact_helpers():
+    assert with_ack("1. Read the error [1].", "en").startswith(MESSAGES["ack"]["en"] + "\n1.")
+    assert with_ack("真烦人。\n1. x [1]", "zh") == "真烦人。\n1. x [1]"
+    ack = EXAMPLE.splitlines()[0]
+    assert with_ack(ack + "\n1. x [1]", "zh", EXAMPLE).startswith(MESSAGES["ack"]["zh"])
+    assert drop_copied(ack + "\n1. Read the error [1].", EXAMPLE, [FIX]) == "1. Read the error [1]."
+    assert without_contact("a\nCall ext. 8000 now\nb", "ext. 8000") == "a\nb"
