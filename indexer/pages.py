@@ -18,12 +18,12 @@ from pathlib import Path
 
 import yaml
 
-from kbgate.errors import BadInput
+from indexer.errors import BadInput
 
-log = logging.getLogger("kbgate.indexer")
+log = logging.getLogger("indexer")
 
-_FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S | re.M)
-_H1 = re.compile(r"^#[ \t]+(.+?)[ \t#]*$", re.M)
+_FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL | re.MULTILINE)
+_H1 = re.compile(r"^#[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)

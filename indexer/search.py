@@ -1,7 +1,7 @@
 """Search primitives over a loaded `Index`: dense top-n, BM25 top-n, lexical coverage.
 
 All take an optional `allowed` row mask ((n_chunks,) bool) used for tag filters.
-Ranks come out best first; fusion and presentation live in `kbgate.retrieval`.
+Ranks come out best first; fusion and presentation belong to the application.
 """
 from __future__ import annotations
 
@@ -15,20 +15,21 @@ from indexer.tokenize import is_cjk
 
 
 def dense_search(index: Index, qvec: np.ndarray, n: int, allowed: np.ndarray | None = None, nprobe: int = 64,
-                 threads: int = 1):
-    """Return (rows, cosines) of the n nearest chunks to a normalized (dim,) query vector."""
+                 threads: int = 1, embedder: str | None = None):
+    """Return (rows, cosines) of the n nearest chunks to a normalized (dim,) query vector of `embedder` (default: the first)."""
     import faiss
 
+    vecs = index.faiss if embedder is None else index.dense[embedder]
     n = min(n, len(index) if allowed is None else int(allowed.sum()))
     if n <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     sel = faiss.IDSelectorBatch(np.flatnonzero(allowed).astype(np.int64)) if allowed is not None else None
-    if hasattr(index.faiss, "nprobe"):
+    if hasattr(vecs, "nprobe"):
         params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
     else:
         params = faiss.SearchParameters(sel=sel) if sel is not None else None
     with omp_threads(threads):
-        scores, rows = index.faiss.search(qvec.reshape(1, -1).astype(np.float32), n, params=params)
+        scores, rows = vecs.search(qvec.reshape(1, -1).astype(np.float32), n, params=params)
     keep = rows[0] >= 0  # IVF may find fewer than n in the lists it scans
     return rows[0][keep], scores[0][keep]
 
@@ -56,6 +57,34 @@ def bm25_search(index: Index, tokens: list[str], n: int, allowed: np.ndarray | N
         pos = pos[np.argpartition(-masked[pos], n - 1)[:n]]
     order = pos[np.argsort(-masked[pos], kind="stable")]
     return order, masked[order], scores
+
+
+def bm25_page_search(index: Index, tokens: list[str], n: int, allowed: np.ndarray | None = None,
+                     section_weight: float = 0.5):
+    """Return (rows, scores) of the n best chunks by their page's BM25 plus `section_weight` times their own.
+
+    Measured on the FAQ sets' tune halves: chunk-only BM25 found 0.70 (zh) / 0.66 (en)
+    at 5, whole pages 0.74 / 0.69: an answer's terms are spread over its sections and
+    pieces, so no single chunk holds them all. The chunk's own score orders the
+    sections within a page (and nudges close pages). Falls back to chunk BM25 when
+    the index has no page BM25.
+    """
+    if index.page_bm25 is None:
+        return bm25_search(index, tokens, n, allowed)[:2]
+    vocab = index.page_bm25.vocab_dict
+    ids = [vocab[t] for t in tokens if t in vocab and t != ""]
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    page = np.asarray(index.page_bm25.get_scores_from_ids(ids), dtype=np.float32)
+    rows = index.chunk_page_rows
+    total = np.where(rows >= 0, page[np.maximum(rows, 0)], 0.0) + section_weight * bm25_scores(index, tokens)
+    if allowed is not None:
+        total = np.where(allowed, total, 0.0)
+    pos = np.flatnonzero(total > 0)
+    if len(pos) > n:
+        pos = pos[np.argpartition(-total[pos], n - 1)[:n]]
+    order = pos[np.argsort(-total[pos], kind="stable")]
+    return order, total[order]
 
 
 def _contains(docs: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -1,11 +1,12 @@
 """Build and publish an index version from a folder of markdown, incrementally.
 
 Every chunk carries a key, sha256(embedder name + chunk text hash). Vectors of
-keys the previous version already has are copied, so after editing one page
-only that page's changed chunks are embedded. Pages that left the wiki leave
+keys the previous version already has are copied (per embedder, when several
+are indexed side by side), so after editing one page only that page's changed
+chunks are embedded. Pages that left the wiki leave
 the index. When the pages, chunking settings and embedder are all unchanged,
-nothing is written and the current version stays (an up-to-date `kbgate index`
-is cheap and never loads the model). A failure or Ctrl-C mid-build deletes the
+nothing is written and the current version stays (an up-to-date build is cheap
+and never loads the model). A failure or Ctrl-C mid-build deletes the
 partial folder and leaves CURRENT and the previous version untouched.
 """
 from __future__ import annotations
@@ -23,14 +24,25 @@ from tqdm import tqdm
 from indexer import chunking
 from indexer import tokenize as tok
 from indexer.chunking import Chunk, chunk_page
-from indexer.index import CHUNK_FIELDS, Index, load_index
+from indexer.embedders import members
+from indexer.errors import BadInput, IndexUnavailable
+from indexer.index import CHUNK_FIELDS, Index, built_embedders, load_index
 from indexer.pages import Page, read_pages
 from indexer.tokenize import tokenize
-from indexer.versions import (FORMAT_VERSION, MANIFEST, build_lock, current_version, new_version_name,
-                              prune, publish, read_manifest, write_json, write_jsonl)
-from kbgate.errors import BadInput, IndexUnavailable
+from indexer.versions import (
+    FORMAT_VERSION,
+    MANIFEST,
+    build_lock,
+    current_version,
+    new_version_name,
+    prune,
+    publish,
+    read_manifest,
+    write_json,
+    write_jsonl,
+)
 
-log = logging.getLogger("kbgate.indexer")
+log = logging.getLogger("indexer")
 
 
 @dataclass(frozen=True)
@@ -93,8 +105,8 @@ def build_bm25(texts: list[str]):
     return bm25
 
 
-def _current(index_dir: Path, embedder_name: str) -> tuple[str | None, dict | None, bool]:
-    """Return (current version, its manifest, whether its vectors are reusable by this embedder)."""
+def _current(index_dir: Path, names: list[str]) -> tuple[str | None, dict | None, bool]:
+    """Return (current version, its manifest, whether it was built by exactly these embedders)."""
     name = current_version(index_dir)
     if name is None:
         return None, None, False
@@ -103,12 +115,12 @@ def _current(index_dir: Path, embedder_name: str) -> tuple[str | None, dict | No
     except (OSError, ValueError):
         return name, None, False  # damaged: rebuilt from scratch
     same = (manifest.get("format_version") == FORMAT_VERSION
-            and (manifest.get("embedder") or {}).get("name") == embedder_name)
+            and [b.get("name") for b in built_embedders(manifest)] == names)
     return name, manifest, same
 
 
 def _load_previous(index_dir: Path) -> Index | None:
-    """Load the current version for vector reuse; a damaged one is simply not reused."""
+    """Load the current version for vector reuse (any embedders: each reuses its own); a damaged one is not."""
     try:
         return load_index(index_dir)
     except IndexUnavailable as e:
@@ -128,11 +140,12 @@ def build_index(cfg, kb_dir: str | Path, index_dir: str | Path, embedder, progre
     pages, warnings = read_pages(kb_dir)
     page_hashes = {p.id: p.sha256 for p in pages}
     with build_lock(index_dir):
-        current, manifest, reusable = _current(index_dir, embedder.name)
-        if reusable and manifest.get("pages") == page_hashes and manifest.get("settings") == _settings(cfg):
+        embs = members(embedder)
+        current, manifest, same = _current(index_dir, [e.name for e in embs])
+        if same and manifest.get("pages") == page_hashes and manifest.get("settings") == _settings(cfg):
             return BuildSummary(len(pages), manifest.get("chunk_count", 0), 0, 0, 0, time.perf_counter() - t0,
                                 current, up_to_date=True, warnings=tuple(warnings))
-        prev = _load_previous(index_dir) if reusable else None
+        prev = _load_previous(index_dir) if manifest is not None else None
         chunks = [c for p in pages for c in chunk_page(p, cfg.index.chunk_tokens, cfg.index.chunk_overlap,
                                                        embedder.count_tokens)]
         if not chunks:
@@ -142,9 +155,12 @@ def build_index(cfg, kb_dir: str | Path, index_dir: str | Path, embedder, progre
         vdir = index_dir / name
         try:
             vdir.mkdir()
-            vectors, embedded, reused = _vectors(chunks, keys, prev, embedder, cfg.embedder.batch_size, progress)
-            removed = len(set(prev.keys) - set(keys)) if prev is not None else 0
-            _write_version(vdir, cfg, kb_dir, pages, chunks, keys, vectors, embedder)
+            vectors, embedded, reused = {}, 0, 0
+            for e in embs:
+                vectors[e.name], n_new, n_old = _vectors(chunks, prev, e, cfg.embedder.batch_size, progress)
+                embedded, reused = embedded + n_new, reused + n_old
+            removed = len({c.hash for c in prev.chunks} - {c.hash for c in chunks}) if prev is not None else 0
+            _write_version(vdir, cfg, kb_dir, pages, chunks, keys, vectors, embs)
             publish(index_dir, name)
         except BaseException:
             shutil.rmtree(vdir, ignore_errors=True)
@@ -154,19 +170,23 @@ def build_index(cfg, kb_dir: str | Path, index_dir: str | Path, embedder, progre
                         warnings=tuple(warnings))
 
 
-def _vectors(chunks, keys, prev: Index | None, embedder, batch_size: int, progress: bool):
-    """Return ((n, dim) float32 vectors, embedded count, reused count), reusing prev's where keys match."""
-    old: dict[str, int] = {k: i for i, k in enumerate(prev.keys)} if prev is not None else {}
-    old_vecs = prev.vectors() if prev is not None and old else None
-    if old_vecs is not None and old_vecs.shape[1] != embedder.dim:
-        old, old_vecs = {}, None
-    todo = [i for i, k in enumerate(keys) if k not in old]
+def _vectors(chunks, prev: Index | None, embedder, batch_size: int, progress: bool):
+    """Return ((n, dim) float32 vectors, embedded count, reused count), reusing prev's vectors of this embedder."""
+    old: dict[str, int] = {}
+    old_vecs = None
+    if prev is not None and embedder.name in prev.dense:
+        old_vecs = prev.vectors(embedder.name)
+        old = {c.hash: i for i, c in enumerate(prev.chunks)}
+        if old_vecs.shape[1] != embedder.dim:
+            old, old_vecs = {}, None
+    todo = [i for i, c in enumerate(chunks) if c.hash not in old]
     vectors = np.zeros((len(chunks), embedder.dim), np.float32)
-    for i, k in enumerate(keys):
-        if k in old:
-            vectors[i] = old_vecs[old[k]]
+    for i, c in enumerate(chunks):
+        if c.hash in old:
+            vectors[i] = old_vecs[old[c.hash]]
     batch_size = max(1, batch_size)
-    with tqdm(total=len(todo), desc="embedding", unit="chunk", disable=not progress or not todo) as bar:
+    with tqdm(total=len(todo), desc=f"embedding ({embedder.name})", unit="chunk",
+              disable=not progress or not todo) as bar:
         for s in range(0, len(todo), batch_size):
             rows = todo[s:s + batch_size]
             vectors[rows] = embedder.embed([chunks[i].embed_text for i in rows])
@@ -174,7 +194,7 @@ def _vectors(chunks, keys, prev: Index | None, embedder, batch_size: int, progre
     return vectors, len(todo), len(chunks) - len(todo)
 
 
-def _write_version(vdir: Path, cfg, kb_dir: Path, pages: list[Page], chunks: list[Chunk], keys, vectors, embedder):
+def _write_version(vdir: Path, cfg, kb_dir: Path, pages: list[Page], chunks: list[Chunk], keys, vectors: dict, embs):
     """Write every file of a version; manifest.json last, so its presence means complete."""
     import faiss
 
@@ -183,12 +203,20 @@ def _write_version(vdir: Path, cfg, kb_dir: Path, pages: list[Page], chunks: lis
     write_jsonl(vdir / "pages.jsonl", ({"id": p.id, "path": p.path, "title": p.title, "tags": list(p.tags),
                                         "type": p.type, "sha256": p.sha256, "meta": p.meta, "text": p.text}
                                        for p in pages))
-    index = make_faiss(vectors, cfg.index.ivf_min_chunks)
-    faiss.write_index(index, str(vdir / "vectors.faiss"))
+    built = []
+    for i, e in enumerate(embs):
+        index = make_faiss(vectors[e.name], cfg.index.ivf_min_chunks)
+        file = "vectors.faiss" if i == 0 else f"vectors-{i + 1}.faiss"
+        faiss.write_index(index, str(vdir / file))
+        built.append({"name": e.name, "dim": e.dim, "languages": list(e.languages), "file": file})
     build_bm25([c.embed_text for c in chunks]).save(str(vdir / "bm25"), show_progress=False)
+    # whole pages too: an answer's terms are spread over its sections (see indexer.search.bm25_page_search)
+    build_bm25([p.text for p in pages]).save(str(vdir / "bm25-pages"), show_progress=False)
+    first = {k: built[0][k] for k in ("name", "dim", "languages")}
     write_json(vdir / MANIFEST, {
         "format_version": FORMAT_VERSION,
-        "embedder": {"name": embedder.name, "dim": embedder.dim, "languages": list(embedder.languages)},
+        "embedder": first,  # the first embedder (it sets the chunk sizes)
+        "embedders": built,
         "settings": _settings(cfg),
         "faiss": type(index).__name__,
         "chunk_count": len(chunks),

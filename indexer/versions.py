@@ -7,7 +7,8 @@
         manifest.json         written last: a folder without it is incomplete
         chunks.jsonl          one chunk per line, row i = FAISS row i
         pages.jsonl           each page's metadata and markdown body
-        vectors.faiss         inner-product index of the normalized vectors
+        vectors.faiss         inner-product index of the first embedder's normalized vectors
+        vectors-2.faiss ...   one more per further embedder (manifest "embedders" names the files)
         bm25/                 the bm25s index over the tokenized chunk texts
 
 A version folder is written in full, then CURRENT is replaced atomically
@@ -24,7 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one vector index per embedder (manifest "embedders")
 POINTER = "CURRENT"
 MANIFEST = "manifest.json"
 
@@ -74,8 +75,7 @@ def write_json(path: Path, data) -> None:
 def write_jsonl(path: Path, rows) -> None:
     """Write one JSON object per line."""
     with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from indexer.cli import index_cmd, search_cmd
+from kbgate.index_cli import index_cmd, search_cmd
 from kbgate.config import Config, load_config
 from kbgate.errors import KBGateError
 from web.slack_proxy import slack_proxy_cmd

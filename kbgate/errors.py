@@ -1,36 +1,19 @@
 """Domain exceptions, each with the HTTP status it maps to at the edge.
 
 The CLI prints `str(e)` and exits non-zero; the web layer turns them into JSON,
-HTML, an OpenAI-shaped error or an ephemeral Slack message.
+HTML, an OpenAI-shaped error or an ephemeral Slack message. The base ones live in
+indexer.errors (the indexer never imports kbgate) and are re-exported here.
 """
-
-
-class KBGateError(Exception):
-    status = 500
-    code = "internal_error"
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+from indexer.errors import BadInput, IndexUnavailable, KBGateError, ModelError, NotFound  # noqa: F401
 
 
 class ConfigError(KBGateError):
     code = "config_error"
 
 
-class BadInput(KBGateError):
-    status = 400
-    code = "bad_request"
-
-
 class TooLarge(KBGateError):
     status = 413
     code = "too_large"
-
-
-class NotFound(KBGateError):
-    status = 404
-    code = "not_found"
 
 
 class Busy(KBGateError):
@@ -46,17 +29,6 @@ class Busy(KBGateError):
 class NotReady(KBGateError):
     status = 503
     code = "not_ready"
-
-
-class ModelError(KBGateError):
-    """Model provisioning or loading failed; the message says what to do."""
-    code = "model_error"
-
-
-class IndexUnavailable(KBGateError):
-    """The index is missing, corrupt, or built with another embedder."""
-    status = 503
-    code = "index_error"
 
 
 class EngineUnavailable(KBGateError):

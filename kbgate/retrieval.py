@@ -1,17 +1,19 @@
-"""Hybrid retrieval: dense (FAISS) + BM25, fused by language-weighted reciprocal rank fusion.
+"""Hybrid retrieval: BM25 + one dense (FAISS) list per embedder, fused by language-weighted reciprocal rank fusion.
 
-fused(section) = w_dense / (rrf_k + dense rank) + w_bm25 / (rrf_k + BM25 rank).
-The weights follow the query's language: a query written in the embedder's
-languages gets the `*_native` weights, any other the `*_foreign` ones, and a
-mixed query ("pod一直ImagePullBackOff") a blend by its share of native terms.
-An English-only MiniLM turns most Chinese characters into [UNK], so for Chinese
-BM25 must lead. Ranks are counted per section (page, heading), so the
-overlapping pieces of one long section count once and never fill the list.
+fused(section) = sum over retrievers r of w_r / (rrf_k + rank_r(section)).
+The weights and rrf_k follow the query's language ([retrieval] weights_zh /
+weights_en, rrf_k_zh / rrf_k_en): a mixed query ("pod一直ImagePullBackOff") blends
+the two by its share of Chinese terms. An embedder that does not read a language
+(the English MiniLM turns Chinese into [UNK]) gets weight 0 there unless named.
+Ranks are counted per section (page, heading), so the overlapping pieces of one
+long section count once and never fill the list. Venting terms (根本, 气死,
+ridiculous: `indexer.topic`) are left out of the BM25 query and the coverage.
 
 `Hit.relevance` in [0, 1] is an absolute signal for "the wiki has no answer":
-the IDF-weighted share of the query's terms found in the chunk, or, if larger,
-the cosine rescaled between `dense_floor` and `dense_ceiling` times the native
-share (an embedder's cosine means little in a language it cannot read).
+the IDF-weighted share of the query's topic terms found in the chunk, or, if
+larger, an embedder's cosine rescaled between its floor and ceiling
+(`cosine_ranges`, else `dense_floor`/`dense_ceiling`) times the share of the
+query in languages it reads (a cosine means little in a language it cannot read).
 """
 from __future__ import annotations
 
@@ -20,15 +22,27 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+import indexer
+from indexer.embedders import embed_queries, members
 from indexer.index import Index
-from indexer.search import bm25_search, coverage, dense_search
+from indexer.search import (
+    bm25_page_search,
+    bm25_scores,
+    bm25_search,
+    coverage,
+    dense_search,
+)
 from indexer.tokenize import detect_lang, is_cjk, tokenize
+from indexer.topic import topic_terms
 from kbgate.config import RetrievalConfig
+
+indexer.REBUILD_HINT = "run `kbgate index --index {dir}` (add --kb DIR for another wiki folder)"
+BM25 = "bm25"
 
 
 # The last part of a heading path that names a fix, and one that names causes or symptoms
-STEP_HEADING = re.compile(r"解决|步骤|排查|处理|办法|怎么办|fix|step|resolution|solution|troubleshoot|what to do", re.I)
-CAUSE_HEADING = re.compile(r"原因|症状|现象|cause|symptom", re.I)
+STEP_HEADING = re.compile(r"解决|步骤|排查|处理|办法|怎么办|fix|step|resolution|solution|troubleshoot|what to do", re.IGNORECASE)
+CAUSE_HEADING = re.compile(r"原因|症状|现象|cause|symptom", re.IGNORECASE)
 
 
 def is_cause_section(heading: str) -> bool:
@@ -69,7 +83,8 @@ class Retriever:
 
     def __init__(self, index: Index, embedder, cfg: RetrievalConfig | None = None):
         self.index = index
-        self.embedder = embedder
+        self.embedder = embedder  # one embedder or an EmbedderSet; only those the index has vectors of are used
+        self.embedders = tuple(e for e in members(embedder) if e.name in index.dense)
         self.cfg = cfg or RetrievalConfig()
         self._tag_masks: dict[frozenset, np.ndarray] = {}
         self._section_rows: dict[tuple, list[int]] | None = None
@@ -103,17 +118,15 @@ class Retriever:
             self._section_rows = rows
         return self._section_rows
 
-    def weights(self, query: str, tokens: list[str] | None = None) -> tuple[float, float, float]:
-        """Return (dense weight, BM25 weight, native share): native and foreign weights blended by that share.
-
-        native share = fraction of the query's terms in the embedder's languages
-        ("pod一直ImagePullBackOff" is partly English), so a mixed query gets mixed weights.
-        """
-        share = native_share(query if tokens is None else tokens, self.embedder.languages)
+    def weights(self, query: str, tokens: list[str] | None = None) -> tuple[dict, float, float]:
+        """Return ({retriever: weight}, rrf_k, Chinese share): the zh and en settings blended by that share."""
+        zh = zh_share(query if tokens is None else tokens, query)
         c = self.cfg
-        dense = share * c.dense_weight_native + (1 - share) * c.dense_weight_foreign
-        bm25 = share * c.bm25_weight_native + (1 - share) * c.bm25_weight_foreign
-        return dense, bm25, share
+        w = {}
+        for name, langs in [(BM25, ("zh", "en"))] + [(e.name, e.languages) for e in self.embedders]:
+            w[name] = zh * _weight(c.weights_zh, name, "zh" in langs) + (1 - zh) * _weight(c.weights_en, name,
+                                                                                           "en" in langs)
+        return w, zh * c.rrf_k_zh + (1 - zh) * c.rrf_k_en, zh
 
     def _allowed(self, tags) -> np.ndarray | None:
         if not tags:
@@ -126,39 +139,55 @@ class Retriever:
     def search(self, query: str, k: int | None = None, *, prefer_troubleshooting: bool = False,
                tags=None) -> list[Hit]:
         """Return up to k hits, best first (see the module docstring)."""
-        k = self.cfg.k if k is None else k
-        if k <= 0 or not query.strip() or not len(self.index):
-            return []
-        qvec = self.embedder.embed([query])[0]  # (dim,) float32, normalized
-        return self._search(query, qvec, k, prefer_troubleshooting, tags)
+        return self.search_many([query], k, prefer_troubleshooting=prefer_troubleshooting, tags=tags)[0]
 
     def search_many(self, queries: list[str], k: int | None = None, *, prefer_troubleshooting: bool = False,
                     tags=None) -> list[list[Hit]]:
-        """Search several queries (same order out), embedding them in one batch."""
+        """Search several queries (same order out), each embedder embedding them in one batch."""
         k = self.cfg.k if k is None else k
         live = [i for i, q in enumerate(queries) if q.strip()] if k > 0 and len(self.index) else []
         out: list[list[Hit]] = [[] for _ in queries]
-        if live:
-            qvecs = self.embedder.embed([queries[i] for i in live])  # (len(live), dim)
-            for i, v in zip(live, qvecs):
-                out[i] = self._search(queries[i], v, k, prefer_troubleshooting, tags)
+        for i, qvecs in zip(live, self.embed_queries([queries[i] for i in live])):
+            out[i] = self._search(queries[i], qvecs, k, prefer_troubleshooting, tags)
         return out
 
-    def _search(self, query, qvec, k, prefer_troubleshooting, tags) -> list[Hit]:
+    def embed_queries(self, queries: list[str]) -> list[dict]:
+        """Per query, {embedder name: (dim,) query vector} for the embedders its weights use."""
+        tokens = [tokenize(q) for q in queries]
+        need = [self.weights(q, t)[0] for q, t in zip(queries, tokens)]
+        out: list[dict] = [{} for _ in queries]
+        for e in self.embedders:
+            rows = [i for i, w in enumerate(need) if w.get(e.name, 0) > 0]
+            if rows:
+                for i, v in zip(rows, embed_queries(e, [queries[i] for i in rows])):
+                    out[i][e.name] = v
+        return out
+
+    def candidates(self, query: str, qvecs: dict, tags=None) -> dict:
+        """Return {retriever: {section: (1-based rank, best row)}} for BM25 and each embedded dense list."""
         c, ix = self.cfg, self.index
         allowed = self._allowed(tags)
-        tokens = tokenize(query)
-        w_dense, w_bm25, share = self.weights(query, tokens)
-        d_rows, _ = dense_search(ix, qvec, c.candidates, allowed, c.ivf_nprobe, c.faiss_threads)
-        b_rows, _, b_all = bm25_search(ix, tokens, c.candidates, allowed)
-        d_rank, b_rank = self._ranks(d_rows), self._ranks(b_rows)
-        # fuse per section: the pieces of one long section count once, at their best rank
+        terms = topic_terms(tokenize(query))
+        if c.bm25_pages:
+            b_rows, _ = bm25_page_search(ix, terms, c.candidates, allowed, c.bm25_section_weight)
+        else:
+            b_rows, _, _ = bm25_search(ix, terms, c.candidates, allowed)
+        out = {BM25: self._ranks(b_rows)}
+        for name, v in qvecs.items():
+            d_rows, _ = dense_search(ix, v, c.candidates, allowed, c.ivf_nprobe, c.faiss_threads, embedder=name)
+            out[name] = self._ranks(d_rows)
+        return out
+
+    def fuse(self, ranks: dict, weights: dict, rrf_k: float, prefer_troubleshooting: bool = False):
+        """Return (sections best first, {section: fused score}, {section: its representative row})."""
+        c, ix = self.cfg, self.index
         fused: dict[tuple, float] = {}
         rep: dict[tuple, tuple[float, int]] = {}  # section -> (best single contribution, its row)
-        for ranks, w in ((d_rank, w_dense), (b_rank, w_bm25)):
+        for name, sec_ranks in ranks.items():
+            w = weights.get(name, 0.0)
             if w > 0:
-                for key, (i, r) in ranks.items():
-                    part = w / (c.rrf_k + i)
+                for key, (i, r) in sec_ranks.items():
+                    part = w / (rrf_k + i)
                     fused[key] = fused.get(key, 0.0) + part
                     if part > rep.get(key, (-1.0, 0))[0]:
                         rep[key] = (part, r)
@@ -169,18 +198,34 @@ class Retriever:
                     fused[key] *= c.troubleshooting_boost
                 if is_steps_section(ch.heading):
                     fused[key] *= c.steps_boost
-        order = sorted(fused, key=lambda key: (-fused[key], rep[key][1]))[:k]
-        picked = [rep[key][1] for key in order]
-        score = {rep[key][1]: fused[key] for key in order}
-        d_rank = {r: i for i, r in d_rank.values()}
-        b_rank = {r: i for i, r in b_rank.values()}
-        if not picked:
+        order = sorted(fused, key=lambda key: (-fused[key], rep[key][1]))
+        return order, fused, {key: r for key, (_, r) in rep.items()}
+
+    def _search(self, query, qvecs: dict, k, prefer_troubleshooting, tags) -> list[Hit]:
+        ix = self.index
+        tokens = tokenize(query)
+        terms = topic_terms(tokens)
+        weights, rrf_k, _ = self.weights(query, tokens)
+        ranks = self.candidates(query, qvecs, tags)
+        order, fused, rep = self.fuse(ranks, weights, rrf_k, prefer_troubleshooting)
+        order = order[:k]
+        if not order:
             return []
-        cos = ix.faiss.reconstruct_batch(np.asarray(picked, np.int64)) @ qvec  # (len(picked),) cosines
-        lex = coverage(ix, tokens, picked)
-        return [self._hit(r, float(score[r]), d_rank.get(r), b_rank.get(r), float(cs), float(b_all[r]),
-                          self.relevance(float(cs), float(lx), share))
-                for r, cs, lx in zip(picked, cos, lex)]
+        picked = [rep[key] for key in order]
+        rows = np.asarray(picked, np.int64)
+        b_all = bm25_scores(ix, terms)[rows]
+        cosines = {name: ix.dense[name].reconstruct_batch(rows) @ v for name, v in qvecs.items()}
+        lex = coverage(ix, terms, picked)
+        dense_names = [e.name for e in self.embedders if e.name in qvecs]
+        hits = []
+        for j, key in enumerate(order):
+            d_ranks = [ranks[n][key][0] for n in dense_names if key in ranks[n]]
+            cos = {n: float(cosines[n][j]) for n in dense_names}
+            first_cos = cos[dense_names[0]] if dense_names else 0.0
+            hits.append(self._hit(picked[j], float(fused[key]), min(d_ranks) if d_ranks else None,
+                                  ranks[BM25][key][0] if key in ranks[BM25] else None, first_cos,
+                                  float(b_all[j]), self.topic_relevance(cos, float(lex[j]), tokens)))
+        return hits
 
     def _hit(self, row: int, score: float = 0.0, dense_rank: int | None = None, bm25_rank: int | None = None,
              dense_score: float = 0.0, bm25_score: float = 0.0, relevance: float = 0.0) -> Hit:
@@ -197,16 +242,43 @@ class Retriever:
             out.setdefault((ch.page, ch.heading), (len(out) + 1, int(r)))
         return out
 
+    def topic_relevance(self, cosines: dict, lexical: float, tokens: list[str]) -> float:
+        """Combine topic-term coverage and each embedder's rescaled cosine (as far as it reads the query) into [0, 1]."""
+        best = lexical
+        for e in self.embedders:
+            if e.name in cosines:
+                lo, hi = self.cfg.cosine_ranges.get(e.name, (self.cfg.dense_floor, self.cfg.dense_ceiling))
+                d = min(max((cosines[e.name] - lo) / (hi - lo), 0.0), 1.0) if hi > lo else 0.0
+                best = max(best, native_share(tokens, e.languages) * d)
+        return round(best, 4)
+
     def relevance(self, cosine: float, lexical: float, share: float) -> float:
-        """Combine lexical coverage and the rescaled cosine (trusted as far as the query is native) into [0, 1]."""
-        lo, hi = self.cfg.dense_floor, self.cfg.dense_ceiling
+        """Combine lexical coverage and the first embedder's rescaled cosine (trusted as far as `share`) into [0, 1]."""
+        name = self.embedders[0].name if self.embedders else ""
+        lo, hi = self.cfg.cosine_ranges.get(name, (self.cfg.dense_floor, self.cfg.dense_ceiling))
         dense = min(max((cosine - lo) / (hi - lo), 0.0), 1.0) if hi > lo else 0.0
         return round(max(lexical, share * dense), 4)
 
 
+def _weight(table: dict, name: str, reads: bool) -> float:
+    """A retriever's weight in one language's table: named, else 'dense' for an embedder that reads it, else 0."""
+    if name in table:
+        return float(table[name])
+    if name == BM25:
+        return 1.0
+    return float(table.get("dense", 1.0)) if reads else 0.0
+
+
+def zh_share(tokens: list[str], query: str = "") -> float:
+    """Share of Chinese terms among the query's terms (by its characters when it has no terms)."""
+    if not tokens:
+        return 1.0 if detect_lang(query) == "zh" else 0.0
+    return sum(1 for t in tokens if is_cjk(t[0])) / len(tokens)
+
+
 def _piece_number(chunk_id: str) -> int:
     """'it/vpn#安装客户端~3' -> 3; the first piece has no suffix."""
-    head, sep, tail = chunk_id.rpartition("~")
+    _, sep, tail = chunk_id.rpartition("~")
     return int(tail) if sep and tail.isdigit() else 1
 
 

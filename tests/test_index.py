@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from index_fixtures import SMALL_KB, CountingEmbedder, write_kb
 
-from indexer.cli import index_cmd, search_cmd
+from kbgate.index_cli import index_cmd, search_cmd
 from indexer.embedders import HashEmbedder
 from indexer.index import load_index
 from indexer.pages import read_pages

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from indexer import embedders
-from indexer.cli import search_cmd
-from indexer.evaluate import compare, recall_at_k
+from kbgate.index_cli import search_cmd
+from kbgate.eval.retrieval import compare, recall_at_k
 from indexer.index import Index, load_index
 from indexer.search import dense_search
 from indexer.store import build_index, make_faiss
