@@ -11,6 +11,7 @@ import click
 from kbgate.index_cli import index_cmd, search_cmd
 from kbgate.config import Config, load_config
 from kbgate.errors import KBGateError
+from kbgate.eval.cli import eval_cmd
 from web.slack_proxy import slack_proxy_cmd
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub ids in config still work where set to 0
@@ -36,6 +37,7 @@ def main(ctx, config_path):
 main.add_command(index_cmd)
 main.add_command(search_cmd)
 main.add_command(slack_proxy_cmd)
+main.add_command(eval_cmd)
 
 
 @main.group()
