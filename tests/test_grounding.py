@@ -169,7 +169,8 @@ def test_an_unsupported_sentence_with_no_line_to_quote_is_dropped():
 
 def test_the_issue_sick_note_no_quotes_the_deciding_row():
     q = "Do I need a sick note if I'm off for three days?"
-    assert is_yes_no(q) and is_yes_no("请三天病假需要病假条吗？") and not is_yes_no("How many days of sick leave?")
+    assert is_yes_no(q) and is_yes_no("请三天病假需要病假条吗？") and is_yes_no("能报销打车费么？")
+    assert not is_yes_no("How many days of sick leave?") and not is_yes_no("报销需要什么？")
     text, changed = quote_verdict("No, you do not need one [1].", [SICK], q, "en")
     assert changed and not text.startswith("No")
     assert text.startswith('The wiki says: "Length of absence: 3 working days or more; What you need: Sick-leave')
