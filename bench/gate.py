@@ -1,12 +1,12 @@
-"""Benchmark the sentiment gate: latency (float32 vs bfloat16, with and without the cached
-prefix), batch throughput, accuracy and confusion matrix on tests/data/sentiment_eval.jsonl,
-and how the routing threshold trades negatives caught against plain questions misrouted.
+"""Benchmark the sentiment gate: latency per engine (over the cached prefix), throughput,
+accuracy and confusion matrix on tests/data/sentiment_eval.jsonl, and how the routing
+threshold trades negatives caught against plain questions misrouted.
 
 The accuracy is reported on two sets: the helpdesk set the prompt was tuned on, and a
 general set (reviews, social posts, news) written later as a check on generalisation.
 Both are reported with and without the logit offsets of prompts/sentiment.labels.tsv.
 
-Usage: python bench/gate.py [--rounds 20] [--no-write]
+Usage: python bench/gate.py [--rounds 20] [--engines llamacpp,transformers] [--no-write]
 """
 from __future__ import annotations
 
@@ -17,21 +17,19 @@ import time
 from common import ROOT, percentiles, table, update_file
 
 from kbgate.config import load_config
+from kbgate.engines import load_engine
 from kbgate.gate import LABELS, SentimentGate
-from kbgate.lm import LanguageModel
 from kbgate.prompts import Prompts
-from kbgate.provision import fetch_generator
 
 EVAL = ROOT / "tests" / "data" / "sentiment_eval.jsonl"  # helpdesk queries; the prompt was tuned on it
 GENERAL = ROOT / "tests" / "data" / "sentiment_general.jsonl"  # reviews, social posts, service messages, news
 
 
-def latency(gate: SentimentGate, texts: list[str], cached: bool) -> tuple[float, float]:
+def latency(gate: SentimentGate, texts: list[str]) -> tuple[float, float]:
     times = []
     for t in texts:
-        t0 = time.perf_counter()  # tokenizing counts: the service pays for it too
-        ids = gate.prompt_ids(t)
-        gate.lm.last_logits([ids], vocab=gate.label_ids, use_cache=cached)
+        t0 = time.perf_counter()  # rendering and tokenizing count: the service pays for them too
+        gate.classify([t])
         times.append(time.perf_counter() - t0)
     return percentiles(times)
 
@@ -73,35 +71,35 @@ def routing(rows, res, threshold: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20, help="30-character queries timed per setting")
+    ap.add_argument("--engines", default="", help="comma-separated engines to time (default: [model] engine); "
+                                                  "accuracy is measured on the first")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     cfg = load_config()
-    path = fetch_generator(cfg)
     prompts = Prompts(cfg.path(cfg.prompts.dir))
     rows = load(EVAL)
     thirty = [r["text"] for r in rows if 25 <= len(r["text"]) <= 35][: args.rounds]
-    out, md_rows = {}, []
-    for dtype in ("float32", "bfloat16"):
-        lm = LanguageModel.load(path, dtype, attention=cfg.model.attention)
-        gate = SentimentGate(lm, prompts, cfg.gate)
+    md_rows, gates = [], []
+    for name in (args.engines or cfg.model.engine).split(","):
+        engine = load_engine(cfg.replace(model={"engine": name}))
+        info = engine.info()
+        gate = SentimentGate(engine, prompts, cfg.gate)
         gate.classify(thirty[:2])  # warm-up
-        for cached in (False, True):
-            p50, p95 = latency(gate, thirty, cached)
-            md_rows.append((f"gate latency, {dtype}, {'cached' if cached else 'no'} prefix",
-                            f"p50 {p50:.0f} ms, p95 {p95:.0f} ms",
-                            f"{len(thirty)} queries of 25-35 chars; prefix {gate.prefix_tokens} tokens"))
-        out[dtype] = gate
-    gate = out["bfloat16" if "bfloat16" in out else "float32"]
+        p50, p95 = latency(gate, thirty)
+        md_rows.append((f"gate latency, {name} ({info.quantization}, {info.threads} threads)",
+                        f"p50 {p50:.0f} ms, p95 {p95:.0f} ms",
+                        f"{len(thirty)} queries of 25-35 chars; cached prefix {gate.prefix_tokens} tokens"))
+        gates.append(gate)
+    gate = gates[0]
     res, acc, conf, by_lang, secs = accuracy(gate, rows)
-    md_rows.append(("batch throughput (bf16, batch %d)" % cfg.gate.batch_size,
-                    f"{len(rows) / secs:.1f} texts/s", f"{len(rows)} texts in {secs:.1f} s"))
+    md_rows.append((f"throughput ({gate.engine.info().engine})", f"{len(rows) / secs:.1f} texts/s",
+                    f"{len(rows)} texts in {secs:.1f} s"))
     general = load(GENERAL)
     g_res, g_acc, g_conf, g_lang, _ = accuracy(gate, general)
-    offsets = gate.offsets.clone()
-    gate.offsets.zero_()  # the same prompt without the logit offsets
+    offsets, gate.offsets = gate.offsets, [0.0] * len(gate.offsets)  # the same prompt without the logit offsets
     _, acc0, _, _, _ = accuracy(gate, rows)
     _, g_acc0, _, _, _ = accuracy(gate, general)
-    gate.offsets.copy_(offsets)
+    gate.offsets = offsets
     for name, data, a, lang, a0 in (("helpdesk set (tuned on)", rows, acc, by_lang, acc0),
                                     ("general set (held out)", general, g_acc, g_lang, g_acc0)):
         md_rows.append((f"accuracy, {name}", f"{a:.1%}",
@@ -116,7 +114,7 @@ def main() -> None:
                         f"how-to/lookup misrouted {r['howto_routed']}/{r['howto_n']}, "
                         f"all non-negative misrouted {r['non_negative_routed']}/{r['non_negative_n']}"))
     matrices = "".join(
-        f"\n\nConfusion matrix, {name} (bfloat16, cached prefix):\n\n"
+        f"\n\nConfusion matrix, {name} ({gate.engine.info().engine}):\n\n"
         + table([(a, *(c[(a, b)] for b in LABELS)) for a in LABELS], header=("true \\ predicted", *LABELS))
         for name, c in (("helpdesk set", conf), ("general set", g_conf)))
     body = table(md_rows) + matrices

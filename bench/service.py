@@ -112,7 +112,8 @@ def start_server(index_dir: str | None):
     services = load_services(cfg, idx)
     server, base = serve_in_thread(create_app(cfg, services=services), threads=cfg.server.threads)
     info = services.model_info()
-    notes = (f"model {info['name']} on {info['device']} ({info['precision']}), embedder {info['embedder']}; "
+    notes = (f"model {info['name']} on {info['device']} ({info['engine']}, {info['precision']}), "
+             f"embedder {info['embedder']}; "
              f"waitress threads={cfg.server.threads}, max_pending={cfg.server.max_pending}, "
              f"max_new_tokens={cfg.answer.max_new_tokens}")
     return server, base, notes, services
@@ -125,7 +126,7 @@ def start_tight_server(services, max_pending: int = 2):
     from web.server import serve_in_thread
 
     cfg = services.cfg.replace(server={"max_pending": max_pending})
-    return serve_in_thread(create_app(cfg, services=build(cfg, services.lm, services.retriever)), threads=16)
+    return serve_in_thread(create_app(cfg, services=build(cfg, services.engine, services.retriever)), threads=16)
 
 
 def main(argv=None) -> int:

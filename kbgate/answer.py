@@ -9,7 +9,7 @@ from typing import Iterator
 
 from kbgate.compress import compress
 from kbgate.config import AnswerConfig, EscalationConfig
-from kbgate.lm import Finish, LanguageModel
+from kbgate.engine import Engine, Finish
 from kbgate.grounding import Passage, message
 from kbgate.prompts import Prompts, fill
 from kbgate.text import strip_special
@@ -22,11 +22,11 @@ class Assistant:
 
     ROLES = ("answer", "troubleshoot")
 
-    def __init__(self, lm: LanguageModel, prompts: Prompts, cfg: AnswerConfig, escalation: EscalationConfig):
-        self.lm, self.cfg, self.escalation = lm, cfg, escalation
+    def __init__(self, engine: Engine, prompts: Prompts, cfg: AnswerConfig, escalation: EscalationConfig):
+        self.engine, self.cfg, self.escalation = engine, cfg, escalation
         self.user = {r: prompts.text(f"{r}.user.txt") for r in self.ROLES}
         # each role's fixed prefix: its system prompt and, where prompts/ has one, a worked
-        # example; KV-cached once
+        # example; the engine caches it once
         self.prefix, self.example_reply = {}, {}
         for r in self.ROLES:
             self.prefix[r] = [{"role": "system", "content": prompts.text(f"{r}.system.txt")}]
@@ -38,30 +38,32 @@ class Assistant:
         self.chat_system = prompts.text("chat.system.txt")
         self.answer_in = dict(prompts.table("languages.tsv"))  # "zh" -> "请用中文回答"
         for r in self.ROLES:
-            lm.register_prefix(lm.render(self.prefix[r], generation_prompt=False))
-        lm.register_prefix(lm.render([{"role": "system", "content": self.chat_system}], generation_prompt=False))
+            engine.register_prefix(self.prefix[r])
+        engine.register_prefix([{"role": "system", "content": self.chat_system}])
 
     def format_passages(self, passages: list[Passage], question: str) -> str:
-        count = lambda t: len(self.lm.encode(t))  # noqa: E731
         blocks = []
         for p in passages:
-            body = compress(strip_special(p.text).strip(), question, self.cfg.passage_tokens, count)
+            body = compress(strip_special(p.text).strip(), question, self.cfg.passage_tokens, self.engine.count_tokens)
             where = " › ".join(x for x in (p.title, p.heading) if x and x != p.title) or p.title
             blocks.append(f"[{p.n}] ({where})\n{body}")
         return "\n\n".join(blocks)
 
-    def prompt_ids(self, role: str, question: str, passages: list[Passage]) -> list[int]:
+    def prompt_messages(self, role: str, question: str, passages: list[Passage]) -> list[dict]:
         from kbgate.text import language
         user = fill(self.user[role], passages=self.format_passages(passages, question), question=question,
                     answer_in=self.answer_in.get(language(question), self.answer_in.get("en", "")))
-        return self.lm.encode(self.lm.render(self.prefix[role] + [{"role": "user", "content": user}]))
+        return self.prefix[role] + [{"role": "user", "content": user}]
+
+    def prompt_tokens(self, role: str, question: str, passages: list[Passage]) -> int:
+        return self.engine.prompt_tokens(self.prompt_messages(role, question, passages))
 
     def stream(self, role: str, question: str, passages: list[Passage],
                max_new_tokens: int | None = None) -> Iterator[str | Finish]:
         """Stream the reply; a reply that starts with NO_ANSWER yields nothing but the Finish."""
-        ids = self.prompt_ids(role, question, passages)
-        gen = self.lm.generate(ids, max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
-                               repetition_penalty=self.cfg.repetition_penalty)
+        messages = self.prompt_messages(role, question, passages)
+        gen = self.engine.stream(messages, max_tokens=max_new_tokens or self.cfg.max_new_tokens,
+                                 repetition_penalty=self.cfg.repetition_penalty)
         head = ""
         for piece in gen:
             if isinstance(piece, Finish):
@@ -75,16 +77,16 @@ class Assistant:
                     continue
                 if head.lstrip().startswith(NO_ANSWER):
                     gen.close()
-                    yield Finish("stop", len(ids), 0)
+                    yield Finish("stop", self.engine.prompt_tokens(messages), 0)
                     return
                 piece, head = head, None
             yield piece
 
-    def chat_ids(self, messages: list[dict]) -> list[int]:
+    def chat_messages(self, messages: list[dict]) -> list[dict]:
         """The plain assistant role (no retrieval); our system prompt unless the caller gave one."""
         if not messages or messages[0]["role"] != "system":
             messages = [{"role": "system", "content": self.chat_system}, *messages]
-        return self.lm.encode(self.lm.render(messages))
+        return messages
 
     def escalation_text(self, lang: str, after_steps: bool = True) -> str:
         return message("escalate" if after_steps else "human", lang,

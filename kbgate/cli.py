@@ -12,7 +12,6 @@ from kbgate.index_cli import index_cmd, search_cmd
 from kbgate.config import Config, load_config
 from kbgate.errors import KBGateError
 from kbgate.eval.cli import eval_cmd
-from web.slack_proxy import slack_proxy_cmd
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub ids in config still work where set to 0
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -36,7 +35,18 @@ def main(ctx, config_path):
 
 main.add_command(index_cmd)
 main.add_command(search_cmd)
-main.add_command(slack_proxy_cmd)
+
+
+@main.command("slack-proxy", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                               "help_option_names": []})
+@click.pass_context
+def slack_proxy(ctx):
+    """Run the Slack front end alone, forwarding questions to a search service (`--help` for its options)."""
+    from web.slack_proxy import slack_proxy_cmd  # the web layer loads only for the commands that serve
+
+    slack_proxy_cmd.main(args=ctx.args, prog_name=ctx.command_path, obj=ctx.obj, standalone_mode=False)
+
+
 main.add_command(eval_cmd)
 
 

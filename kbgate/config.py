@@ -25,15 +25,20 @@ def _f(default, help: str):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    source: str = _f("bundled", "'bundled', a Hugging Face repo id, a local HF folder, or a local .gguf file")
+    engine: str = _f("llamacpp", "llamacpp (in-process, reads the GGUF; the default), transformers (the torch "
+                                 "reference; hub ids and HF folders) or openai (a remote server, see [remote])")
+    source: str = _f("bundled", "'bundled' (0.5B), 'bundled-1.5b', a Hugging Face repo id, a local HF folder, "
+                                "or a local .gguf file")
     models_dir: str = _f(".models", "where provisioned models live (git-ignored)")
     gguf_sha256: str = _f("1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
                           "pinned SHA-256 of the bundled GGUF (supply-chain check)")
-    dtype: str = _f("auto", "auto (bfloat16 where the CPU has it), bfloat16 or float32")
-    threads: int = _f(0, "torch threads; 0 = all cores")
-    attention: str = _f("eager", "attention kernel: eager measured faster than sdpa here for a short query "
-                                 "over a long cached prefix (gate p50 180 vs 189 ms, p95 203 vs 250 ms)")
-    name: str = _f("Qwen2.5-Coder-0.5B-Instruct (Q4_K_M, dequantized)", "model name shown to users and in /v1/models")
+    dtype: str = _f("auto", "transformers: auto (bfloat16 where the CPU has it), bfloat16 or float32")
+    threads: int = _f(0, "compute threads of the local engine; 0 = all cores")
+    n_ctx: int = _f(8192, "llamacpp: KV cache cells shared by the cached role prefixes and the requests in flight")
+    n_batch: int = _f(512, "llamacpp: prompt tokens evaluated per llama_decode call")
+    attention: str = _f("eager", "transformers: attention kernel: eager measured faster than sdpa here for a short "
+                                 "query over a long cached prefix (gate p50 180 vs 189 ms, p95 203 vs 250 ms)")
+    name: str = _f("Qwen2.5-Coder-0.5B-Instruct (Q4_K_M)", "model name shown to users and in /v1/models")
 
 
 @dataclass(frozen=True)

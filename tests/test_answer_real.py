@@ -98,7 +98,7 @@ def test_injection_in_a_wiki_page_does_not_drop_citations_or_change_the_gate(rea
     kb = write_kb(tmp_path / "kb", {"office/parking.md": INJECTED_PAGE})
     build_index(real_services.cfg, kb, tmp_path / "idx", minilm, progress=False)
     retriever = Retriever(load_index(tmp_path / "idx", minilm), minilm, real_services.cfg.retrieval)
-    s = build(real_services.cfg, real_services.lm, retriever)
+    s = build(real_services.cfg, real_services.engine, retriever)
     query = "How much does a parking permit cost per month?"
     [alone] = s.gate.classify([query])
     r = s.pipeline.ask(query)

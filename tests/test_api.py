@@ -58,7 +58,7 @@ def test_no_answer_lists_suggestions_instead_of_sources(make_services):
     s = make_services(ANSWER, answer={"min_score": 1.01})
     body = post(create_app(s.cfg, services=s).test_client(), "/api/search", {"query": "how do I bake bread"}).get_json()
     assert body["route"] == "no_answer" and body["sources"] == [] and body["suggestions"]
-    assert s.lm.generated == 0
+    assert s.engine.generated == 0
 
 
 @pytest.mark.parametrize("body,status,message", [
@@ -84,7 +84,7 @@ def test_bad_search_bodies_get_clear_json_errors(client, services, path, body, s
     r = client.post(path, data=data, content_type="application/json")
     assert r.status_code == status and r.is_json
     assert message in r.get_json()["error"]["message"]
-    assert services.lm.generated == 0
+    assert services.engine.generated == 0
 
 
 def test_form_body_is_400_naming_the_content_type(client):
@@ -121,7 +121,7 @@ def test_503_with_retry_after_while_loading_then_ready(services):
         assert r.status_code == 503 and r.headers["Retry-After"] and r.get_json()["error"]["code"] == "not_ready"
     release.set()
     app.extensions["kbgate"].ready.wait(10)
-    assert client.get("/readyz").get_json()["model"]["name"] == services.cfg.model.name
+    assert client.get("/readyz").get_json()["model"]["name"] == services.engine.info().model
     assert post(client, "/api/search", {"query": "vpn"}).status_code == 200
 
 

@@ -95,7 +95,7 @@ def follow_first_source(page) -> str:
 
 
 @pytest.fixture
-def evil_services(tmp_path, tiny_lm, hash_embedder):
+def evil_services(tmp_path, hash_embedder):
     """Services over a wiki holding a page with <script> and <img onerror>; the model replies with HTML."""
     from index_fixtures import SMALL_KB, write_kb
     from indexer.index import load_index
@@ -103,13 +103,13 @@ def evil_services(tmp_path, tiny_lm, hash_embedder):
     from kbgate.config import load_config
     from kbgate.retrieval import Retriever
     from kbgate.service import build
-    from lm_fixtures import ScriptedLM
+    from fake_engine import FakeEngine
 
     cfg = load_config().replace(gate={"negative_threshold": 1.01}, answer={"min_score": 0.0})
     kb = write_kb(tmp_path / "kb", {**SMALL_KB, "evil/page.md": EVIL_PAGE})
     build_index(cfg, kb, tmp_path / "index", hash_embedder, progress=False)
     retriever = Retriever(load_index(tmp_path / "index", hash_embedder), hash_embedder, cfg.retrieval)
-    return build(cfg, ScriptedLM(tiny_lm, EVIL_REPLY), retriever)
+    return build(cfg, FakeEngine(EVIL_REPLY), retriever)
 
 
 @pytest.mark.parametrize("csp", ["with CSP", "sanitizer alone"])

@@ -26,6 +26,20 @@ def test_help_lists_every_command():
         assert cmd in r.stdout
 
 
+def test_help_loads_no_web_layer_and_no_model_library():
+    script = ("import sys; from kbgate.cli import main; main.main(['--help'], standalone_mode=False); "
+              "heavy = {'flask', 'slack_sdk', 'waitress', 'torch', 'transformers', 'llama_cpp'} & set(sys.modules); "
+              "print(sorted(heavy))")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_slack_proxy_help_reaches_its_own_options():
+    r = kbgate("slack-proxy", "--help")
+    assert r.returncode == 0 and "--upstream" in r.stdout
+
+
 def test_sentiment_refuses_an_overlong_line_before_loading_models():
     r = kbgate("sentiment", stdin="x" * 2001 + "\n")
     assert r.returncode != 0 and "longer than 2,000 characters" in r.stderr and "Traceback" not in r.stderr

@@ -56,7 +56,7 @@ def test_short_real_chat_stream_counts_real_tokens(client, base_url, real_servic
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     use = chunks[-1].usage
     assert text.strip() and 1 <= use.completion_tokens <= 8
-    assert use.prompt_tokens == len(real_services.assistant.chat_ids(msgs))
+    assert use.prompt_tokens == real_services.engine.prompt_tokens(real_services.assistant.chat_messages(msgs))
     finish = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finish[-1] in ("stop", "length") and set(finish[:-1]) == {None}
     # the same request, non-streaming and greedy, gives the same text

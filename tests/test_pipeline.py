@@ -42,7 +42,7 @@ def test_uncited_reply_becomes_no_answer(make_services):
 def test_low_relevance_skips_the_model(make_services):
     s = make_services(ANSWER, gate={"negative_threshold": 1.01}, answer={"min_score": 1.01})
     r = s.pipeline.ask("how do I bake sourdough bread")
-    assert r.route == "no_answer" and s.lm.generated == 0
+    assert r.route == "no_answer" and s.engine.generated == 0
 
 
 @pytest.mark.parametrize("query,error", [("", BadInput), ("   \n\t", BadInput), (None, BadInput),

@@ -1,58 +1,91 @@
-"""Model provisioning: the pinned hash is enforced; the real bundled Qwen loads (slow)."""
+"""Model provisioning: the pinned hash is enforced before any engine reads a GGUF; the real one loads (slow)."""
 import hashlib
+import os
 
 import pytest
-import torch
 
+from kbgate.bundles import BUNDLES, part_paths
 from kbgate.config import load_config
 from kbgate.errors import ModelError
-from kbgate.provision import BUNDLED_SIZE, assemble_gguf, bundled_part_paths, fetch_generator
+from kbgate.provision import fetch_generator, fetch_gguf
 
 
-def test_assembly_checks_the_hash(tmp_path):
-    parts = []
-    for i, data in enumerate([b"GGUF-part-one", b"-part-two"]):
-        p = tmp_path / f"part{i}.bin"
-        p.write_bytes(data)
-        parts.append(p)
-    good = hashlib.sha256(b"GGUF-part-one-part-two").hexdigest()
-    out = assemble_gguf(parts, tmp_path / "m.gguf", good)
-    assert out.read_bytes() == b"GGUF-part-one-part-two"
+def bundled_cfg(tmp_path, data: bytes | None = None, pin: str | None = None):
+    """A config whose models_dir already holds a 'bundled' GGUF with `data`, pinned to `pin` (default: its hash)."""
+    name = BUNDLES["bundled"].filename
+    if data is not None:
+        (tmp_path / name).write_bytes(data)
+    return load_config().replace(model={"models_dir": str(tmp_path),
+                                        "gguf_sha256": pin or hashlib.sha256(data or b"").hexdigest()}), tmp_path / name
 
 
-def test_hash_mismatch_is_refused_and_leaves_nothing(tmp_path):
-    p = tmp_path / "part.bin"
-    p.write_bytes(b"tampered")
-    with pytest.raises(ModelError, match="refusing the bundled model: SHA-256"):
-        assemble_gguf([p], tmp_path / "m.gguf", "0" * 64)
-    assert not (tmp_path / "m.gguf").exists() and not (tmp_path / "m.partial").exists()
+def test_a_gguf_matching_the_pin_is_handed_to_llama_cpp_as_is(tmp_path):
+    cfg, path = bundled_cfg(tmp_path, b"GGUF-pretend-model")
+    assert fetch_gguf(cfg) == path and path.read_bytes() == b"GGUF-pretend-model"  # no copy, no conversion
 
 
-def test_bundled_source_with_a_wrong_pinned_hash_is_refused(tmp_path):
+def test_a_gguf_whose_hash_differs_is_refused(tmp_path):
+    cfg, path = bundled_cfg(tmp_path, b"GGUF-pretend-model", pin="0" * 64)
+    with pytest.raises(ModelError, match="refusing the bundled model 'bundled': SHA-256"):
+        fetch_gguf(cfg)
+
+
+def test_a_gguf_changed_after_its_check_is_hashed_again_and_refused(tmp_path):
+    cfg, path = bundled_cfg(tmp_path, b"GGUF-pretend-model")
+    fetch_gguf(cfg)  # checked once; later starts trust the note while the file is unchanged
+    with open(path, "r+b") as f:
+        f.write(b"X")  # same size, new content, new mtime
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ModelError, match="expected"):
+        fetch_gguf(cfg)
+
+
+def test_bundled_source_with_a_wrong_pinned_hash_is_refused_and_leaves_nothing(tmp_path):
     cfg = load_config().replace(model={"models_dir": str(tmp_path), "gguf_sha256": "f" * 64})
     with pytest.raises(ModelError, match="expected f{64}"):
-        fetch_generator(cfg)
-    assert not any(tmp_path.glob("qwen-bundled-*"))
+        fetch_gguf(cfg)
+    assert not any(tmp_path.iterdir())  # no half-written or unverified file stays behind
 
 
-@pytest.mark.parametrize("source,needle", [
-    ("/nonexistent/model.gguf", "no such GGUF file"),
-    ("not a model", "neither 'bundled'"),
+@pytest.mark.parametrize("source,engine,needle", [
+    ("/nonexistent/model.gguf", "llamacpp", "no such GGUF file"),
+    ("/nonexistent/model.gguf", "transformers", "no such GGUF file"),
+    ("not a model", "transformers", "neither one of"),
+    ("Qwen/Qwen2.5-0.5B-Instruct", "llamacpp", "engine = \"transformers\""),
 ])
-def test_bad_sources_say_what_is_wrong(source, needle):
+def test_bad_sources_say_what_is_wrong(source, engine, needle):
+    cfg = load_config().replace(model={"source": source, "engine": engine})
+    fetch = fetch_gguf if engine == "llamacpp" else fetch_generator
     with pytest.raises(ModelError, match=needle):
-        fetch_generator(load_config().replace(model={"source": source}))
+        fetch(cfg)
+
+
+def test_an_unknown_engine_is_a_config_error():
+    from kbgate.engines import load_engine
+    from kbgate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="llamacpp, transformers, openai"):
+        load_engine(load_config().replace(model={"engine": "vllm"}))
 
 
 def test_the_six_parts_are_installed_and_add_up():
-    assert sum(p.stat().st_size for p in bundled_part_paths()) == BUNDLED_SIZE
+    b = BUNDLES["bundled"]
+    assert sum(p.stat().st_size for p in part_paths(b)) == b.size
 
 
 @pytest.mark.slow
-def test_real_bundled_qwen_gives_a_next_token_distribution(real_lm):
-    ids = real_lm.encode(real_lm.render([{"role": "user", "content": "What is the capital of France?"}]))
-    logits = real_lm.last_logits([ids], use_cache=False)[0]
-    probs = torch.softmax(logits, -1)
-    assert logits.shape[0] == 151936 and abs(float(probs.sum()) - 1) < 1e-3
-    top = real_lm.tok.decode([int(probs.argmax())])
-    assert "Paris" in top or "The" in top or "capital" in top.lower(), top
+def test_the_real_bundled_gguf_is_verified_and_gives_a_next_token_distribution(real_engine):
+    msgs = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    probs = real_engine.classify(msgs, ["Paris", "London", "Berlin"], open_last=False)
+    assert abs(sum(probs.values()) - 1) < 1e-6 and max(probs, key=probs.get) == "Paris", probs
+
+
+@pytest.mark.slow
+def test_a_tampered_copy_of_the_real_gguf_is_refused(tmp_path, real_gguf):
+    cfg = load_config().replace(model={"models_dir": str(tmp_path)})
+    copy = tmp_path / BUNDLES["bundled"].filename
+    data = bytearray(real_gguf.read_bytes())
+    data[-1] ^= 0xFF  # one byte of the last tensor changed
+    copy.write_bytes(data)
+    with pytest.raises(ModelError, match="refusing the bundled model"):
+        fetch_gguf(cfg)

@@ -48,13 +48,13 @@ def test_first_token_reaches_the_client_before_generation_ends(served):
         for kind, data, at in sse_events(r):
             kinds.append(kind)
             if kind == "token" and first_token_at is None:
-                first_token_at, generated_then = at, services.lm.generated
+                first_token_at, generated_then = at, services.engine.generated
             if kind == "done":
                 done, done_at = data, at
     assert kinds[:2] == ["sentiment", "sources"] and kinds[-1] == "done"
     assert generated_then <= TOKENS // 4, f"first token arrived after {generated_then}/{TOKENS} were generated"
     assert done_at - first_token_at > TOKENS * DELAY * 0.6  # the rest kept coming after it
-    assert done["answer"] == STEPS and services.lm.generated == TOKENS
+    assert done["answer"] == STEPS and services.engine.generated == TOKENS
 
 
 def test_a_client_that_leaves_frees_its_slot_and_stops_generation(served):
@@ -72,7 +72,7 @@ def test_a_client_that_leaves_frees_its_slot_and_stops_generation(served):
                 break
         time.sleep(0.1)
     assert again.status_code == 200
-    assert services.lm.generated < TOKENS
+    assert services.engine.generated < TOKENS
 
 
 def test_errors_before_the_stream_are_plain_json(served):

@@ -26,7 +26,7 @@ from werkzeug.exceptions import HTTPException
 
 from kbgate.grounding import Passage
 from kbgate.errors import Busy, KBGateError, NotFound, NotReady
-from kbgate.lm import Finish
+from kbgate.engine import Finish
 from kbgate.text import language
 from web import state
 from web.openai_schema import (DONE, LABEL_WORDS, ChatRequest, chunk, completion, decode_body, error_body,
@@ -124,16 +124,17 @@ def model(model_id: str):
 
 # ---- tasks --------------------------------------------------------------------------
 def _chat(services, req: ChatRequest):
-    ids = services.assistant.chat_ids(req.messages)
+    messages = services.assistant.chat_messages(req.messages)
+    n = services.engine.prompt_tokens(messages)
     cap = services.cfg.openai.max_prompt_tokens
-    if len(ids) > cap:
-        raise invalid(f"the conversation is {len(ids):,} tokens; the limit is {cap:,}", "messages",
+    if n > cap:
+        raise invalid(f"the conversation is {n:,} tokens; the limit is {cap:,}", "messages",
                       "context_length_exceeded")
     services.pipeline.admit()
     try:
         yield None  # admitted; from here on errors happen mid-response
-        gen = services.lm.generate(ids, max_new_tokens=req.max_tokens, temperature=req.temperature,
-                                   top_p=req.top_p, stop=req.stop, seed=req.seed)
+        gen = services.engine.stream(messages, max_tokens=req.max_tokens, temperature=req.temperature,
+                                     top_p=req.top_p, stop=req.stop, seed=req.seed)
         with closing(gen):  # an abandoned stream stops decoding at the next token
             for piece in gen:
                 if isinstance(piece, Finish):
@@ -152,7 +153,7 @@ def _sentiment(services, req: ChatRequest):
         services.pipeline.release()
     yield None
     yield LABEL_WORDS[req.language or language(req.query)][s.label]
-    yield Outcome("stop", usage(len(services.gate.prompt_ids(req.query)), 1), {"sentiment": s.as_dict()})
+    yield Outcome("stop", usage(services.gate.prompt_tokens(req.query), 1), {"sentiment": s.as_dict()})
 
 
 def _search(services, req: ChatRequest):
@@ -177,12 +178,12 @@ def _search(services, req: ChatRequest):
 
 def _search_usage(services, result, content: str) -> dict:
     """Tokens of the gate prompt, of the answer prompt when the model answered, and of the reply."""
-    prompt = len(services.gate.prompt_ids(result.query))
+    prompt = services.gate.prompt_tokens(result.query)
     if result.sources:
         role = "troubleshoot" if result.route == "troubleshooting" else "answer"
         passages = [Passage(s.n, s.title, s.heading, s.text) for s in result.sources]
-        prompt += len(services.assistant.prompt_ids(role, result.query, passages))
-    return usage(prompt, len(services.lm.encode(content)))
+        prompt += services.assistant.prompt_tokens(role, result.query, passages)
+    return usage(prompt, services.engine.count_tokens(content))
 
 
 def _kbgate(result) -> dict:

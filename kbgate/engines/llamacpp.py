@@ -1,0 +1,261 @@
+"""The default engine: llama.cpp in-process (llama-cpp-python), reading the GGUF as it is.
+
+One model and one context serve every role. The context holds several KV
+sequences in one unified cache: each registered prefix (a role's system prompt and
+worked examples) is evaluated once into a sequence of its own and stays there; a
+call takes a free working sequence and copies the prefix into it with
+`llama_memory_seq_cp`, which only tags the cache cells (no compute, no state
+restore), then evaluates its own tokens. Streams and gate calls therefore never
+disturb each other's cache. One lock serializes `llama_decode`, one batch or one
+decode step at a time, so a gate call slips in between the steps of an answer.
+
+Not handled: batching several sequences into one decode, GPUs, grammars.
+"""
+from __future__ import annotations
+
+import codecs
+import ctypes
+import shutil
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from kbgate.engine import EngineInfo, Finish, Message
+from kbgate.engines.common import (Prefix, Prefixes, StopText, choice_probs, cpu_device, cpu_threads,
+                                   first_tokens, penalize, render_messages, sample)
+from kbgate.errors import EngineUnavailable, ModelError
+
+# general.file_type of a GGUF (llama.cpp's llama_ftype) for the ones we meet
+FILE_TYPES = {"0": "F32", "1": "F16", "2": "Q4_0", "7": "Q8_0", "12": "Q3_K_M", "14": "Q4_K_S",
+              "15": "Q4_K_M", "16": "Q5_K_S", "17": "Q5_K_M", "18": "Q6_K", "32": "BF16"}
+MAX_PREFIXES = 6
+
+
+def import_llama_cpp():
+    """The llama_cpp module, or a ModelError saying how to build it."""
+    try:
+        import llama_cpp
+        import llama_cpp._internals  # noqa: F401  (loads libllama: fails when the build was half done)
+    except (ImportError, OSError, RuntimeError) as e:
+        missing = [t for t in ("cmake", "gcc", "g++") if shutil.which(t) is None]
+        need = (f"; the build needs {', '.join(missing)}: install them (Debian: apt-get install cmake "
+                "build-essential)") if missing else ""
+        broken = "is not installed" if isinstance(e, ImportError) and "llama_cpp" in str(e) else \
+            f"is installed but does not load ({e})"
+        raise ModelError(f"[model] engine = \"llamacpp\" needs llama-cpp-python, which {broken}{need}; "
+                         "run `make setup` (it builds llama-cpp-python with native CPU flags), "
+                         "or set [model] engine = \"transformers\" in config.toml") from None
+    return llama_cpp
+
+
+class LlamaCppEngine:
+    """A GGUF model in llama.cpp with per-prefix KV sequences and a lock around each decode."""
+
+    def __init__(self, path: str | Path, *, threads: int = 0, n_ctx: int = 8192, n_batch: int = 512,
+                 slots: int = 8, name: str | None = None, extra_buffers: bool = False):
+        ll = self.ll = import_llama_cpp()
+        from llama_cpp import _logger
+        from llama_cpp._internals import LlamaContext, LlamaModel
+
+        _logger.set_verbose(False)
+        self.path, self.name = Path(path), name or Path(path).stem
+        self.threads = cpu_threads(threads)
+        mp = ll.llama_model_default_params()
+        mp.use_extra_bufts = extra_buffers
+        try:
+            self._model = LlamaModel(path_model=str(path), params=mp, verbose=False)
+        except ValueError as e:
+            raise ModelError(f"llama.cpp could not load {path}: {e}; is it a GGUF file?") from None
+        cp = ll.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, n_batch, n_batch
+        cp.n_threads = cp.n_threads_batch = self.threads
+        cp.n_seq_max = MAX_PREFIXES + slots
+        cp.kv_unified = True  # one cell pool: copying a prefix into a working sequence shares its cells
+        self._ctx = LlamaContext(model=self._model, params=cp, verbose=False)
+        self.ctx, self.vocab = self._ctx.ctx, self._model.vocab
+        self.mem = ll.llama_get_memory(self.ctx)
+        self.n_ctx, self.n_batch = n_ctx, n_batch
+        self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
+        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        self.meta = self._model.metadata()
+        self.template = self.meta.get("tokenizer.chat_template")
+        if not self.template:
+            raise ModelError(f"{path} carries no chat template (tokenizer.chat_template); use a chat model's GGUF")
+        self.eos_ids = {t for t in (self._special("<|im_end|>"), self._special("<|endoftext|>"),
+                                    ll.llama_vocab_eos(self.vocab)) if t is not None and t >= 0}
+        self.lock = threading.Lock()  # one llama_decode at a time
+        self.prefixes = Prefixes()  # handle: the sequence id holding the prefix
+        self._free = list(range(MAX_PREFIXES, MAX_PREFIXES + slots))
+        self._slots = threading.Condition()
+        self._jinja = None
+
+    def __del__(self):
+        batch = getattr(self, "_batch", None)
+        if batch is not None:
+            self.ll.llama_batch_free(batch)
+            self._batch = None
+
+    def info(self) -> EngineInfo:
+        quant = FILE_TYPES.get(self.meta.get("general.file_type", ""), "gguf")
+        return EngineInfo("llamacpp", self.name, quant, cpu_device(), self.threads)
+
+    # ---- tokens and prompts -----------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (self.ll.llama_token * cap)()
+        n = self.ll.llama_tokenize(self.vocab, data, len(data), buf, cap, False, True)
+        if n < 0:  # cannot happen with a byte-level BPE (<= 1 token per byte), but be exact
+            buf = (self.ll.llama_token * -n)()
+            n = self.ll.llama_tokenize(self.vocab, data, len(data), buf, -n, False, True)
+        return list(buf[:n])
+
+    def _special(self, text: str) -> int | None:
+        ids = self.encode(text)
+        return ids[0] if len(ids) == 1 else None
+
+    def piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self.ll.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self.ll.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+        return buf.raw[:n]
+
+    def _render(self, messages: list, generation_prompt: bool) -> str:
+        if self._jinja is None:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            def raise_exception(msg):
+                raise ValueError(msg)
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)  # as transformers renders
+            env.globals["raise_exception"] = raise_exception
+            self._jinja = env.from_string(self.template)
+        return self._jinja.render(messages=messages, add_generation_prompt=generation_prompt)
+
+    def render(self, messages: Sequence[Message], *, open_last: bool = False, generation_prompt: bool = True) -> str:
+        """The prompt text for `messages` with the GGUF's own chat template."""
+        return render_messages(self._render, messages, open_last=open_last,
+                               generation_prompt=generation_prompt and not open_last)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def prompt_ids(self, messages: Sequence[Message], open_last: bool = False) -> tuple[list[int], Prefix | None]:
+        return self.prefixes.encode(self.render(messages, open_last=open_last), self.encode)
+
+    def prompt_tokens(self, messages: Sequence[Message], *, open_last: bool = False) -> int:
+        return len(self.prompt_ids(messages, open_last)[0])
+
+    # ---- the KV cache -------------------------------------------------------------
+    def _decode(self, seq: int, tokens: list[int], pos: int, want: list[int] | None = None) -> np.ndarray:
+        """Evaluate `tokens` at positions pos.. in sequence `seq`; the last position's logits.
+
+        Returns (len(want),) or (n_vocab,) float32, copied while the lock is held.
+        """
+        if pos + len(tokens) > self.n_ctx:
+            raise EngineUnavailable(f"the prompt needs {pos + len(tokens):,} tokens of context; "
+                                    f"[model] n_ctx is {self.n_ctx:,}")
+        b = self._batch.contents if hasattr(self._batch, "contents") else self._batch
+        out = None
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i:i + self.n_batch]
+            with self.lock:
+                b.n_tokens = len(chunk)
+                for j, t in enumerate(chunk):
+                    b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = t, pos + i + j, 1, 0
+                    b.seq_id[j][0] = seq
+                b.logits[len(chunk) - 1] = 1
+                rc = self.ll.llama_decode(self.ctx, b)
+                if rc != 0:
+                    raise EngineUnavailable(
+                        "llama.cpp has no room left in its KV cache (too many long requests at once); "
+                        "retry, or raise [model] n_ctx" if rc == 1 else f"llama_decode failed with code {rc}")
+                if i + self.n_batch >= len(tokens):
+                    row = np.ctypeslib.as_array(self.ll.llama_get_logits_ith(self.ctx, len(chunk) - 1),
+                                                shape=(self.n_vocab,))
+                    out = row[want].copy() if want is not None else row.copy()
+        return out
+
+    def register_prefix(self, messages: Sequence[Message], *, open_last: bool = False) -> int:
+        text = self.render(messages, open_last=open_last, generation_prompt=False)
+        if (known := self.prefixes.find(text)) is not None:
+            return len(known.ids)
+        if len(self.prefixes.items) >= MAX_PREFIXES:
+            raise ValueError(f"at most {MAX_PREFIXES} prefixes can be registered")
+        seq = len(self.prefixes.items)
+        ids = self.encode(text)
+        self._decode(seq, ids, 0)
+        self.prefixes.add(Prefix(text, ids, seq))
+        return len(ids)
+
+    @contextmanager
+    def _sequence(self, ids: list[int], prefix: Prefix | None):
+        """A working sequence holding `ids`' cached prefix; yields how many tokens it already holds."""
+        with self._slots:
+            while not self._free:
+                self._slots.wait()
+            seq = self._free.pop()
+        start = min(len(prefix.ids), len(ids) - 1) if prefix else 0  # the last token must run: its logits
+        try:
+            with self.lock:
+                self.ll.llama_memory_seq_rm(self.mem, seq, -1, -1)
+                if start:
+                    self.ll.llama_memory_seq_cp(self.mem, prefix.handle, seq, 0, start)
+            yield seq, start
+        finally:
+            with self.lock:
+                self.ll.llama_memory_seq_rm(self.mem, seq, -1, -1)
+            with self._slots:
+                self._free.append(seq)
+                self._slots.notify()
+
+    # ---- roles ----------------------------------------------------------------------
+    def classify(self, messages: Sequence[Message], choices: Sequence[str], *,
+                 open_last: bool = True) -> dict[str, float]:
+        ids, prefix = self.prompt_ids(messages, open_last)
+        want = first_tokens(choices, self.encode)
+        with self._sequence(ids, prefix) as (seq, start):
+            logits = self._decode(seq, ids[start:], start, want)
+        return choice_probs(choices, logits.tolist())
+
+    def stream(self, messages: Sequence[Message], *, max_tokens: int, stop: Sequence[str] | None = None,
+               temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+               repetition_penalty: float = 1.0) -> Iterator[str | Finish]:
+        """Yield text pieces as tokens are decoded, then one `Finish` (see `Engine.stream`).
+
+        The penalty damps only tokens of this reply: copying from the passages is
+        what a grounded answer should do.
+        """
+        ids, prefix = self.prompt_ids(messages)
+        rng = np.random.default_rng(seed)
+        text_out, utf8 = StopText(stop), codecs.getincrementaldecoder("utf-8")("replace")
+        out, seen, text, reason = [], set(), "", "length"
+        with self._sequence(ids, prefix) as (seq, start):
+            step, pos = ids[start:], start
+            for _ in range(min(max_tokens, self.n_ctx - len(ids))):
+                logits = self._decode(seq, step, pos)
+                pos += len(step)
+                penalize(logits, seen, repetition_penalty)
+                nxt = sample(logits, temperature, top_p, rng)
+                if nxt in self.eos_ids:
+                    reason = "stop"
+                    break
+                out.append(nxt)
+                seen.add(nxt)
+                step = [nxt]
+                new = utf8.decode(self.piece(nxt))  # holds back half of a multi-byte character
+                if not new:
+                    continue
+                text += new
+                if piece := text_out.push(text):
+                    yield piece
+                if text_out.stopped:
+                    reason = "stop"
+                    break
+        if not text_out.stopped and (piece := text_out.flush(text + utf8.decode(b"", final=True).rstrip("\ufffd"))):
+            yield piece
+        yield Finish(reason, len(ids), len(out))
