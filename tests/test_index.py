@@ -157,3 +157,38 @@ def test_cli_errors_are_one_clean_line(tmp_path, monkeypatch):
     assert r.exit_code == 1 and "missing does not exist" in r.stderr and "Traceback" not in r.output
     r = runner.invoke(search_cmd, ["vpn", "--index", "ix", "--config", "config.toml"])
     assert r.exit_code == 1 and "kbgate index" in r.stderr and "Traceback" not in r.output
+
+
+def test_two_embedders_each_keep_and_reuse_their_own_vectors(index_cfg, small_kb, tmp_path, hash_embedder):
+    from indexer.embedders import EmbedderSet
+    second = HashEmbedder(dim=32, languages=("en",), name="hash-32")
+    s = build_index(index_cfg, small_kb, tmp_path / "ix", EmbedderSet([hash_embedder, second]), progress=False)
+    m = json.loads((tmp_path / "ix" / s.version / "manifest.json").read_text())
+    assert [(e["name"], e["dim"], e["file"]) for e in m["embedders"]] == \
+        [("hash-64", 64, "vectors.faiss"), ("hash-32", 32, "vectors-2.faiss")]
+    assert m["embedder"]["name"] == "hash-64" and s.embedded == 2 * s.chunks
+    vpn = small_kb / "it/vpn.md"
+    vpn.write_text(vpn.read_text(encoding="utf-8").replace("检查 DNS 设置", "检查 DNS 和路由设置"), encoding="utf-8")
+    a, b = CountingEmbedder(hash_embedder), CountingEmbedder(second)
+    s2 = build_index(index_cfg, small_kb, tmp_path / "ix", EmbedderSet([a, b]), progress=False)
+    assert (len(a.texts), len(b.texts), s2.embedded) == (1, 1, 2)
+    ix = load_index(tmp_path / "ix", EmbedderSet([hash_embedder, second]))
+    assert np.allclose(ix.vectors("hash-32"), second.embed([c.embed_text for c in ix.chunks]), atol=1e-6)
+    # the index holds both: asking for only one of them is another vector space set-up, refused with the fix
+    with pytest.raises(IndexUnavailable, match="hash-32.*kbgate index"):
+        load_index(tmp_path / "ix", hash_embedder)
+    # adding an embedder later embeds only for the new one
+    third = CountingEmbedder(HashEmbedder(dim=16, name="hash-16"))
+    s3 = build_index(index_cfg, small_kb, tmp_path / "ix", EmbedderSet([hash_embedder, second, third]),
+                     progress=False)
+    assert s3.embedded == len(third.texts) == s3.chunks
+
+
+def test_configured_extra_embedders_make_an_embedder_set(index_cfg):
+    from indexer.embedders import EmbedderSet, LazyEmbedder, load_embedder
+    cfg = index_cfg.replace(embedder={"name": "hash-64", "extra": ["hash-32", "hash-64"]})
+    e = load_embedder(cfg, lazy=True)
+    assert isinstance(e, EmbedderSet) and [m.name for m in e.members] == ["hash-64", "hash-32"]
+    assert all(isinstance(m, LazyEmbedder) and not m.loaded for m in e.members)
+    assert e.members[1].dim == 32
+    assert load_embedder(index_cfg.replace(embedder={"name": "hash-64", "extra": []})).name == "hash-64"

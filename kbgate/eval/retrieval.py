@@ -10,6 +10,7 @@ section deduplication and tie-breaking; only the weights differ.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -112,3 +113,37 @@ def compare(retriever: Retriever, queries: list[dict], k: int = 5) -> dict:
     """Return {mode: score(...)} for bm25, each embedder, all dense, and the configured hybrid."""
     cands = query_candidates(retriever, queries)
     return {mode: score(retriever, queries, cands, w, k) for mode, w in mode_weights(retriever).items()}
+
+
+def best_single(retriever: Retriever, queries: list[dict], cands: list[dict], k: int = 5) -> float:
+    """recall@k of the best single retriever (BM25 or one embedder) on these queries."""
+    singles = [w for m, w in mode_weights(retriever).items() if w is not None and len(w) == 1]
+    return max(score(retriever, queries, cands, w, k)["all"]["recall"] for w in singles)
+
+
+def choose_fusion(parts: list[tuple], grid: dict, rrf_ks=(1, 3, 5, 10, 20, 40, 60), k: int = 5):
+    """Pick ({retriever: weight}, rrf_k) for fusing on tuning sets `parts` = [(retriever, queries, candidates)].
+
+    grid: {retriever name: candidate weights}. Rule: among the settings whose
+    recall@k is at least the best single retriever's on every part (margin >= 0),
+    the highest mean recall@k, then mean MRR; if none qualifies, the largest
+    worst-case margin (a single retriever itself always has margin >= 0 when the
+    grid holds it alone, so the fallback is never below its best part by much).
+    Returns (weights, rrf_k, (qualifies, mean recall or margin, mean MRR)).
+    """
+    singles = [best_single(r, qs, cands, k) for r, qs, cands in parts]
+    names = list(grid)
+    best = None
+    for combo in itertools.product(*(grid[n] for n in names)):
+        if not any(combo):
+            continue
+        w = dict(zip(names, combo))
+        for rk in rrf_ks:
+            res = [score(r, qs, cands, w, k, rk)["all"] for r, qs, cands in parts]
+            margin = min(x["recall"] - s for x, s in zip(res, singles))
+            ok = margin >= -1e-9
+            mean_r = sum(x["recall"] for x in res) / len(res)
+            key = (ok, mean_r if ok else margin, sum(x["mrr"] for x in res) / len(res))
+            if best is None or key > best[0]:
+                best = (key, w, rk)
+    return best[1], best[2], best[0]
