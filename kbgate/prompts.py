@@ -1,10 +1,16 @@
-"""Prompts are text files under `prompts/`, loaded by name; no prompt text lives in Python."""
+"""Prompts are text files under `prompts/`, loaded by name; no prompt text lives in Python.
+
+The repository's `prompts/` folder ships inside the package too (`kbgate/_data/prompts`, a
+link in the checkout, real files in a wheel), so `pip install .` runs outside the checkout.
+"""
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
 
 from kbgate.errors import ConfigError
+
+PACKAGED = Path(__file__).resolve().parent / "_data" / "prompts"
 
 
 class Prompts:
@@ -42,3 +48,11 @@ def fill(template: str, **values: str) -> str:
     for key, value in values.items():
         template = template.replace("{" + key + "}", value)
     return template
+
+
+def prompt_folder(cfg) -> Path:
+    """The configured prompt folder; the packaged prompts when the default folder is not there."""
+    folder = cfg.path(cfg.prompts.dir)
+    if not folder.is_dir() and cfg.prompts.dir == "prompts" and PACKAGED.is_dir():
+        return PACKAGED
+    return folder

@@ -10,7 +10,7 @@ from kbgate.config import Config
 from kbgate.engine import Engine
 from kbgate.gate import SentimentGate
 from kbgate.pipeline import Pipeline
-from kbgate.prompts import Prompts
+from kbgate.prompts import Prompts, prompt_folder
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Services:
 def build(cfg: Config, engine: Engine, retriever=None) -> Services:
     """Wire the roles around an already-loaded engine (tests pass a fake one)."""
     t0 = time.perf_counter()
-    prompts = Prompts(cfg.path(cfg.prompts.dir))
+    prompts = Prompts(prompt_folder(cfg))
     gate = SentimentGate(engine, prompts, cfg.gate)
     assistant = Assistant(engine, prompts, cfg.answer, cfg.escalation)
     pipeline = Pipeline(cfg, gate, retriever, assistant)
