@@ -16,6 +16,7 @@ from kbgate.grounding import (Passage, attribute, citations, copies_example, cou
                               drop_passage_headers, fix_steps, is_fix, message, quoted_steps_reply, with_ack,
                               without_contact)
 from kbgate.quotes import check_values, quote_verdict
+from kbgate.retrieval import is_steps_section
 from kbgate.config import Config
 from kbgate.errors import Busy
 from kbgate.gate import SentimentGate
@@ -190,7 +191,7 @@ class Pipeline:
         """Values the cited passage lacks, and yes/no verdicts, give way to the passage's own line."""
         if not (self.cfg.answer.check_values and self.cfg.answer.verify_citations):
             return text, citations(text, len(given)), []  # unverified: the model's replies are trusted
-        text, notes = check_values(text, given, query, lang)
+        text, notes = check_values(text, given, query, lang, topic=not trouble)
         if not trouble:
             cited = [p for p in given if p.n in citations(text, len(given))]
             text, quoted = quote_verdict(text, cited or given, query, lang)
@@ -199,9 +200,11 @@ class Pipeline:
 
     def _troubleshoot(self, text: str, cited: list[int], given: list[Passage], passages: list[Source],
                       lang: str, example: str) -> tuple[str, list[int], str]:
-        """At least two steps from the best troubleshooting page's fix section, an acknowledgement in
+        """At least two steps from the best page's fix section, an acknowledgement in
         the query's language, no copied example and no contact (it is appended once)."""
-        target = next((p.page for p in passages if p.type == "troubleshooting"), None)
+        # the best-ranked page with a fix section (an FAQ chunk is typed troubleshooting too, but has no steps)
+        target = next((p.page for p in passages if is_steps_section(p.heading) or self.retriever.steps_section(p.page)),
+                      None)
         esc = self.cfg.escalation
         text = without_contact(drop_copied(text, example, given), esc.contact, esc.url)
         if not any(is_fix(g) for g in given) and target is None and cited and count_steps(text) >= 2:

@@ -130,13 +130,45 @@ def _best_line(want: set, passages: list, rows_of) -> tuple[int, str, int] | Non
     return (best[0][1] + 3 * best[0][0], best[1], best[2]) if best else None
 
 
-def own_line(sentence: str, passage, query: str = "", min_overlap: int = 2) -> str | None:
+def own_line(sentence: str, passage, query: str = "", min_overlap: int = 2, topic: bool = False) -> str | None:
     """The passage's line sharing most terms with the sentence and the query (None below `min_overlap`).
 
-    A table row the sentence or the question names comes first.
+    A table row the sentence or the question names comes first; topic=True: only lines sharing a
+    word with the question, and a row only the question names (the sentence may be off the subject).
     """
-    found = _best_line(_terms(sentence) | _terms(query), [passage], lambda p: named_rows(sentence, p.text, query))
+    want, words = _terms(sentence) | _terms(query), _topic(query)
+    lines = passage_lines(passage.text)
+    if topic:
+        from types import SimpleNamespace
+        kept = "\n".join(line for _, line in lines if words & _terms(line))
+        passage = SimpleNamespace(n=passage.n, text=_rows_as_table(passage.text, kept))
+    found = _best_line(want, [passage], lambda p: named_rows(query if topic else sentence, p.text, query))
     return found[1] if found and found[0] >= min_overlap else None
+
+
+def _rows_as_table(text: str, kept: str) -> str:
+    """The passage with only the lines (rendered as in passage_lines) that are in `kept`."""
+    keep = set(kept.splitlines())
+    out, header, fenced = [], None, False
+    for raw in text.splitlines():
+        s = raw.strip()
+        if s.startswith(("```", "~~~")):
+            fenced = not fenced
+        if fenced or not s.startswith("|"):
+            header = None
+            if any(plain(re.sub(r"^(?:[-*+>]\s+|\d{1,2}[.)、]\s+)", "", s)) == k for k in keep):
+                out.append(raw)
+            continue
+        if _RULE.match(s):
+            continue
+        cells = _cells(s)
+        if header is None:
+            header = cells
+            out += [raw, "|---|"]
+            continue
+        if "; ".join(f"{h}: {c}" if h else c for h, c in zip(header, cells) if c) in keep:
+            out.append(raw)
+    return "\n".join(out)
 
 
 def is_yes_no(query: str) -> bool:
@@ -153,10 +185,26 @@ def _quote(line: str, n: int, lang: str) -> str:
     return QUOTE["zh" if lang == "zh" else "en"].format(line=line.rstrip("。.;；")) + f" [{n}]"
 
 
-def check_values(text: str, passages: list, query: str, lang: str) -> tuple[str, list[str]]:
+def _topic(query: str) -> set[str]:
+    return {t for t in _terms(query) if not t.replace(".", "").isdigit()}
+
+
+def off_topic_values(sentence: str, pool: list, query: str) -> list:
+    """Values of the sentence that no line of the passages states beside a word of the question:
+    "每年 5 天" from the 育儿假 line does not answer "陪产假可以休几天？"."""
+    topic = _topic(query)
+    if not topic:
+        return []
+    lines = [line for p in pool for _, line in passage_lines(p.text) if topic & _terms(line)]
+    near = values("\n".join(lines)) | values(query)
+    return [v for v in values(sentence) if not stated(v, near)]
+
+
+def check_values(text: str, passages: list, query: str, lang: str, topic: bool = False) -> tuple[str, list[str]]:
     """Replace or drop each sentence stating a value its cited passage lacks; return (text, notes).
 
-    notes: one line per change, for the result's reason.
+    topic=True (plain answers): a value must also sit on a line that shares a word with the
+    question, and the replacing line is looked for in every passage. notes: one line per change.
     """
     by_n = {p.n: p for p in passages}
     notes, used = [], set()
@@ -172,10 +220,14 @@ def check_values(text: str, passages: list, query: str, lang: str) -> tuple[str,
             rows = ([r for p in pool for r in named_rows(_CITED.sub("", s), p.text, query)]
                     if any(stated(v, table) for v in said) else [])
             gone = missing(s, "\n".join(rows) if rows else "\n".join(p.text for p in pool), query)
+            if topic and not gone:
+                gone = off_topic_values(s, pool, query)
             if not gone:
                 kept.append(s)
                 continue
-            found = next(((line, p.n) for p in pool if (line := own_line(s, p, query))), None)
+            # plain answers: a passage whose table row the question names goes first
+            order = (sorted(passages, key=lambda p: not named_rows(query, p.text)) if topic else pool)
+            found = next(((line, p.n) for p in order if (line := own_line(s, p, query, topic=topic))), None)
             shown = ", ".join(map(str, gone))
             if found and found[0] not in used:
                 used.add(found[0])

@@ -106,3 +106,54 @@ def test_injection_in_a_wiki_page_does_not_drop_citations_or_change_the_gate(rea
     assert r.route == "answer", (r.reason, r.answer)
     assert re.search(r"\[1\]", r.answer) and r.sources[0].cited
     assert "300" in r.answer
+
+
+# Ten frustrated and ten plain questions of the frozen answer set's tune half (the first five per
+# language of each kind, in file order), and ten off-topic ones; the held-out half is only reported
+# (bench/grounded.py). Floors are the issue's targets.
+FRUSTRATED = ["a02", "a03", "a06", "a07", "a09", "a26", "a29", "a31", "a33", "a35"]
+PLAIN = ["a50", "a52", "a53", "a55", "a57", "a74", "a76", "a79", "a81", "a83"]
+OFFTOPIC = ["o01", "o03", "o04", "o06", "o08", "o31", "o33", "o35", "o37", "o38"]
+
+
+def _rows(repo_root, name, ids):
+    from kbgate.eval import read_jsonl
+    from kbgate.eval.answers import check_rows
+    rows = [r for r in read_jsonl(repo_root / "bench" / "data" / name, {"query": str}, "tune") if r["id"] in ids]
+    check_rows(rows, name)
+    assert [r["id"] for r in rows] == ids  # frozen: the set must not drift under the test
+    return rows
+
+
+@pytest.fixture(scope="module")
+def answer_set(real_services, repo_root):
+    """Verdicts for the twenty tune questions and ten off-topic ones, answered once for the module."""
+    from kbgate.eval.answers import evaluate_answers, local_runner
+    rows = _rows(repo_root, "answers.jsonl", FRUSTRATED + PLAIN) + _rows(repo_root, "offtopic.jsonl", OFFTOPIC)
+    return evaluate_answers(local_runner(real_services), rows, progress=False)
+
+
+def _failures(res, kind):
+    return [(v["id"], v["route"], v["cited"], v["fix_steps"], v["answer"][:120]) for v in res["queries"]
+            if v["kind"] == kind and not v["ok"]]
+
+
+def test_frustrated_tune_questions_reach_the_right_fix_steps(answer_set):
+    t = answer_set["totals"]["frustrated"]
+    assert t["n"] == 10 and t["ok"] >= 9, _failures(answer_set, "frustrated")
+
+
+def test_plain_tune_questions_are_answered_from_the_right_page(answer_set):
+    t = answer_set["totals"]["plain"]
+    assert t["n"] == 10 and t["ok"] >= 9, _failures(answer_set, "plain")
+
+
+def test_expected_values_are_stated(answer_set):
+    t = answer_set["totals"]["values"]
+    wrong = [(v["id"], v["value"], v["answer"][:160]) for v in answer_set["queries"] if v["value_ok"] is False]
+    assert t["n"] >= 10 and t["stated"] >= 0.95 * t["n"], wrong
+
+
+def test_off_topic_questions_are_refused(answer_set):
+    t = answer_set["totals"]["offtopic"]
+    assert t["n"] == 10 and t["answered"] <= 0, _failures(answer_set, "offtopic")  # 5% of ten rounds to none

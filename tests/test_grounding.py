@@ -182,3 +182,12 @@ def test_the_issue_sick_note_no_quotes_the_deciding_row():
 def test_passage_lines_read_table_rows_with_their_headers_and_skip_code():
     lines = passage_lines("Intro **bold**.\n\n| a | b |\n|---|---|\n| x | 1 |\n\n```bash\nrm -rf /\n```\n1. Step one.")
     assert lines == [("", "Intro bold."), ("x", "a: x; b: 1"), ("", "Step one.")]
+
+
+def test_a_plain_answers_value_must_sit_beside_a_word_of_the_question():
+    faq = Passage(1, "其他假期", "其他假期 › 常见问题", "**二胎、三胎也有育儿假吗？** 有，每个子女单独计算，每年 5 天。\n\n"
+                  "**男员工的陪产假什么时候开始算？** 从实际开始休假的那一天算起。")
+    table = Passage(2, SPECIAL.title, SPECIAL.heading, SPECIAL.text, SPECIAL.page)
+    text, notes = check_values("每个子女单独计算，每年 5 天 [1]。", [faq, table], "陪产假可以休几天？", "zh", topic=True)
+    assert text.startswith("Wiki 原文：“假期: 陪产假; 天数: 10 个工作日") and text.endswith("[2]。"), text
+    assert check_values("每个子女单独计算，每年 5 天 [1]。", [faq, table], "陪产假可以休几天？", "zh")[1] == []  # steps: no topic rule
