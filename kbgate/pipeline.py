@@ -202,9 +202,11 @@ class Pipeline:
                       lang: str, example: str) -> tuple[str, list[int], str]:
         """At least two steps from the best page's fix section, an acknowledgement in
         the query's language, no copied example and no contact (it is appended once)."""
-        # the best-ranked page with a fix section (an FAQ chunk is typed troubleshooting too, but has no steps)
-        target = next((p.page for p in passages if is_steps_section(p.heading) or self.retriever.steps_section(p.page)),
-                      None)
+        # the best-ranked troubleshooting page with a fix section, else any page with one (an FAQ chunk is
+        # typed troubleshooting but has no steps; a how-to page's "连接步骤" are not a fix)
+        fixes = {p.page: self.retriever.steps_section(p.page) for p in passages}
+        target = (next((pg for pg, fix in fixes.items() if fix and fix.type == "troubleshooting"), None)
+                  or next((p.page for p in passages if is_steps_section(p.heading) or fixes[p.page]), None))
         esc = self.cfg.escalation
         text = without_contact(drop_copied(text, example, given), esc.contact, esc.url)
         if not any(is_fix(g) for g in given) and target is None and cited and count_steps(text) >= 2:

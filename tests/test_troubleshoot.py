@@ -90,3 +90,34 @@ def test_ack_copied_example_and_contact_helpers():
     assert with_ack(ack + "\n1. x [1]", "zh", EXAMPLE).startswith(MESSAGES["ack"]["zh"])
     assert drop_copied(ack + "\n1. Read the error [1].", EXAMPLE, [FIX]) == "1. Read the error [1]."
     assert without_contact("a\nCall ext. 8000 now\nb", "ext. 8000") == "a\nb"
+
+
+HOWTO_AND_FIX = {
+    "it/vpn.md": "---\ntitle: VPN 远程访问指南\n---\n\n# VPN 远程访问指南\n\n## 连接步骤\n\n"
+                 "1. 打开 Acme Connect 客户端，服务器填 vpn.acme.example。\n2. 输入域账号和域密码登录。\n"
+                 "3. 在手机上批准 Acme ID 推送，Acme Connect 登录完成。\n",
+    "it/vpn-auth-failed.md": "---\ntitle: VPN 登录失败\ntype: troubleshooting\n---\n\n# VPN 登录失败\n\n"
+                             "## 症状\n\n- Acme Connect 登录失败，提示 Login failed。\n\n## 解决步骤\n\n"
+                             "1. 记下准确的错误信息。\n2. 检查设备证书是否过期。\n3. 密码过期时先重置密码。\n",
+}
+
+
+def test_the_troubleshooting_pages_fix_wins_over_a_howto_pages_numbered_steps(tmp_path, hash_embedder):
+    from fake_engine import FakeEngine
+    from index_fixtures import write_kb
+    from indexer.index import load_index
+    from indexer.store import build_index
+    from kbgate.config import load_config
+    from kbgate.retrieval import Retriever
+    from kbgate.service import build
+
+    # no troubleshooting boost, so that the how-to page can rank above the troubleshooting one
+    cfg = load_config().replace(gate={"negative_threshold": 0.0}, answer=CHECKED,
+                                retrieval={"troubleshooting_boost": 1.0, "steps_boost": 1.0})
+    build_index(cfg, write_kb(tmp_path / "kb", HOWTO_AND_FIX), tmp_path / "idx", hash_embedder, progress=False)
+    retriever = Retriever(load_index(tmp_path / "idx", hash_embedder), hash_embedder, cfg.retrieval)
+    s = build(cfg, FakeEngine("真烦人。"), retriever)
+    query = "Acme Connect 连接步骤里输入域账号和域密码登录，老是失败，烦死了"
+    r = s.pipeline.ask(query)
+    assert r.sources[0].page == "it/vpn", [x.page for x in r.sources]  # the how-to page ranks first
+    assert_fix_steps_and_one_contact(s, r, "it/vpn-auth-failed")
