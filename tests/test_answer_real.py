@@ -126,11 +126,31 @@ def _rows(repo_root, name, ids):
 
 
 @pytest.fixture(scope="module")
-def answer_set(real_services, repo_root):
+def product(tmp_path_factory, repo_root):
+    """The configured product as `kbgate serve` loads it (engine, embedders, fusion), over the index in
+    [index] dir, or over a fresh index of kb/ when there is none yet."""
+    from indexer.embedders import load_embedder
+    from indexer.store import build_index
+    from kbgate.config import load_config
+    from kbgate.errors import IndexUnavailable
+    from kbgate.service import load_retriever, load_services
+
+    cfg = load_config()
+    index_dir = None
+    try:
+        load_retriever(cfg)
+    except IndexUnavailable:
+        index_dir = tmp_path_factory.mktemp("kb-product-index")
+        build_index(cfg, repo_root / "kb", index_dir, load_embedder(cfg, lazy=True), progress=False)
+    return load_services(cfg, index_dir)
+
+
+@pytest.fixture(scope="module")
+def answer_set(product, repo_root):
     """Verdicts for the twenty tune questions and ten off-topic ones, answered once for the module."""
     from kbgate.eval.answers import evaluate_answers, local_runner
     rows = _rows(repo_root, "answers.jsonl", FRUSTRATED + PLAIN) + _rows(repo_root, "offtopic.jsonl", OFFTOPIC)
-    return evaluate_answers(local_runner(real_services), rows, progress=False)
+    return evaluate_answers(local_runner(product), rows, progress=False)
 
 
 def _failures(res, kind):
