@@ -1,6 +1,6 @@
 """Benchmark indexing and retrieval; print a markdown table and update BENCHMARKS.md (section bench:index).
 
-Measures: MiniLM embedding throughput, a full build of kb/, a one-page
+Measures: each embedder's throughput, a full build of kb/, a one-page
 incremental rebuild, `Retriever.search` latency (query embedding + FAISS + BM25
 + fusion) on synthetic indexes of 1k/10k/100k chunks (exact and HNSW), recall@5
 per language, and peak RSS. Run: HF_HUB_OFFLINE=1 .venv/bin/python bench/index.py [--quick]
@@ -21,7 +21,7 @@ import numpy as np
 from common import ROOT, percentiles, table, update_file  # noqa: E402  (puts the repo on sys.path)
 
 from indexer.chunking import Chunk, chunk_page  # noqa: E402
-from indexer.embedders import load_embedder, normalize  # noqa: E402
+from indexer.embedders import embed_queries, load_embedder, members, normalize  # noqa: E402
 from kbgate.eval.retrieval import compare, read_queries  # noqa: E402
 from indexer.index import Index, load_index  # noqa: E402
 from indexer.pages import read_pages  # noqa: E402
@@ -53,16 +53,16 @@ def synthetic_corpus(n: int, dim: int, real: list[Chunk]):
     return chunks, bm25, vecs
 
 
-def synthetic_index(corpus, ivf_min: int) -> Index:
+def synthetic_index(corpus, ivf_min: int, name: str = "") -> Index:
     """Wrap a synthetic corpus into an in-memory Index (exact, or IVF when ivf_min <= n)."""
     chunks, bm25, vecs = corpus
-    return Index(Path("."), "synthetic", {}, chunks, tuple(map(str, range(len(chunks)))), {},
+    return Index(Path("."), "synthetic", {"embedder": {"name": name}}, chunks, tuple(map(str, range(len(chunks)))), {},
                  make_faiss(vecs, ivf_min), bm25)
 
 
 def latency(retriever: Retriever, queries: list[str], rounds: int) -> tuple[float, float, float]:
     """Return (p50 ms, p95 ms) of Retriever.search and the p50 ms of the search minus query embedding."""
-    qvecs = retriever.embedder.embed(queries)  # (n_queries, dim)
+    qvecs = retriever.embed_queries(queries)  # per query {embedder name: (dim,) vector}
     for q in queries[:5]:
         retriever.search(q, 5)  # warm up
     total, core = [], []
@@ -98,14 +98,17 @@ def run(quick: bool) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     load1 = os.getloadavg()[0]
     embedder, t_load = timed(load_embedder, cfg)
-    rows.append(("MiniLM load", f"{t_load:.1f} s", ""))
+    names = ", ".join(m.name for m in members(embedder))
+    first = members(embedder)[0]
+    rows.append((f"embedder load ({names})", f"{t_load:.1f} s", ""))
     pages, _ = read_pages(ROOT / "kb")
     chunks = [c for p in pages for c in chunk_page(p, cfg.index.chunk_tokens, cfg.index.chunk_overlap,
                                                    embedder.count_tokens)]
     sample = [c.embed_text for c in chunks[:128]]
-    _, t = timed(embedder.embed, sample)
-    rows.append(("embedding throughput (MiniLM, kb chunks)", f"{len(sample) / t:.1f} chunks/s",
-                 f"batch {cfg.embedder.batch_size}, chunks ≤ {cfg.index.chunk_tokens} tokens"))
+    for m in members(embedder):
+        _, t = timed(m.embed, sample)
+        rows.append((f"embedding throughput ({m.name}, kb chunks)", f"{len(sample) / t:.1f} chunks/s",
+                     f"batch {cfg.embedder.batch_size}, chunks ≤ {cfg.index.chunk_tokens} tokens"))
     with tempfile.TemporaryDirectory() as tmp:
         kb, ix_dir = Path(tmp) / "kb", Path(tmp) / "ix"
         shutil.copytree(ROOT / "kb", kb)
@@ -125,17 +128,19 @@ def run(quick: bool) -> list[tuple[str, str, str]]:
     p50, p95, core = latency(retriever, texts, 1 if quick else 3)
     rows.append((f"search latency, kb/ ({len(kb_ix)} chunks)", f"p50 {p50:.1f} ms, p95 {p95:.1f} ms",
                  f"Retriever.search incl. query embedding; without it p50 {core:.1f} ms"))
-    emb = [timed(embedder.embed, [q])[1] for q in texts]
-    rows.append(("query embedding alone (MiniLM)", f"p50 {percentiles(emb)[0]:.1f} ms", "one query per call"))
-    qvecs = embedder.embed(texts)  # (n_queries, dim)
+    for m in members(embedder):
+        emb = [timed(embed_queries, m, [q])[1] for q in texts]
+        rows.append((f"query embedding alone ({m.name})", f"p50 {percentiles(emb)[0]:.1f} ms",
+                     "one query per call"))
+    qvecs = embed_queries(first, texts)  # (n_queries, dim): the synthetic indexes hold the first embedder only
     for n in ([1_000, 10_000] if quick else [1_000, 10_000, 100_000]):
-        corpus = synthetic_corpus(n, embedder.dim, chunks)
+        corpus = synthetic_corpus(n, first.dim, chunks)
         tops = {}
         for kind, ivf_min in (("exact", 0), ("IVF", 1)):
             if kind == "IVF" and n < 100_000:
                 continue
-            syn, t_build = timed(synthetic_index, corpus, ivf_min)
-            r = Retriever(syn, embedder, cfg.retrieval)
+            syn, t_build = timed(synthetic_index, corpus, ivf_min, first.name)
+            r = Retriever(syn, first, cfg.retrieval)
             tops[kind] = [set(dense_search(syn, v, 10, nprobe=cfg.retrieval.ivf_nprobe)[0]) for v in qvecs]
             p50, p95, core = latency(r, texts, 1 if quick or n >= 100_000 else 2)
             note = f"without query embedding p50 {core:.1f} ms; vector index built in {t_build:.1f} s"

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Callable
 
 from indexer.blocks import Block, Heading, parse, sentences
 
 VERSION = 1  # bump when chunk boundaries or texts change: indexes record it and re-chunk
 SEP = " › "
-TROUBLE = re.compile(r"故障排查|常见问题|排错|症状|解决步骤|\b(?:troubleshooting|faqs?|symptoms?|fix(?:es)?)\b", re.IGNORECASE)
+TROUBLE = re.compile(r"故障排查|常见问题|排错|症状|解决步骤|\b(?:troubleshooting|faqs?|symptoms?|fix(?:es)?)\b", re.I)
 _CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _WORD = re.compile(r"[A-Za-z0-9]+")
 _SYMBOL = re.compile(r"[^\sA-Za-z0-9\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")

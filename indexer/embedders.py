@@ -20,8 +20,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -60,7 +59,7 @@ class SentenceTransformerEmbedder:
         try:
             from sentence_transformers import SentenceTransformer
             self.model = SentenceTransformer(name_or_path, device="cpu", local_files_only=True)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any load failure becomes one clear message
             raise ModelError(f"cannot load the embedder {name_or_path!r}: {e}. "
                              "Check [embedder] name in config.toml, or run `make setup`.") from e
         self.name = name or os.path.basename(str(name_or_path).rstrip("/"))

@@ -29,18 +29,8 @@ from indexer.errors import BadInput, IndexUnavailable
 from indexer.index import CHUNK_FIELDS, Index, built_embedders, load_index
 from indexer.pages import Page, read_pages
 from indexer.tokenize import tokenize
-from indexer.versions import (
-    FORMAT_VERSION,
-    MANIFEST,
-    build_lock,
-    current_version,
-    new_version_name,
-    prune,
-    publish,
-    read_manifest,
-    write_json,
-    write_jsonl,
-)
+from indexer.versions import (FORMAT_VERSION, MANIFEST, build_lock, current_version, new_version_name,
+                              prune, publish, read_manifest, write_json, write_jsonl)
 
 log = logging.getLogger("indexer")
 

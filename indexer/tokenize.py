@@ -22,8 +22,19 @@ _CJK_CHAR = re.compile(rf"[{_CJK}]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
 _SPLIT = re.compile(r"[_.\-]+")
 
-STOP_EN = frozenset(["a", "an", "and", "are", "as", "at", "be", "been", "but", "by", "can", "could", "did", "do", "does", "doing", "for", "from", "had", "has", "have", "how", "i", "if", "in", "into", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or", "our", "so", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this", "to", "too", "us", "was", "we", "were", "what", "when", "where", "which", "who", "why", "will", "with", "would", "you", "your", "yours", "get", "got", "i'm", "i've", "it's", "please", "should", "shall", "may", "might", "any", "some", "all", "just", "about", "after", "before", "also", "am", "up", "down", "out", "off", "over", "very", "s", "t", "d", "ll", "re", "ve", "m", "much", "many"])
-STOP_ZH = frozenset(["的", "了", "是", "在", "我", "你", "他", "她", "它", "我们", "你们", "他们", "和", "与", "及", "或", "或者", "吗", "呢", "吧", "啊", "呀", "嘛", "么", "怎么", "怎么办", "怎样", "怎么样", "如何", "什么", "为什么", "哪", "哪里", "哪儿", "哪个", "能", "能否", "可以", "可", "要", "需要", "应该", "一个", "这", "那", "这个", "那个", "这样", "那样", "有", "就", "还", "也", "都", "请", "把", "被", "给", "对", "从", "到", "会", "让", "做", "得", "地", "着", "过", "又", "再", "该", "用", "个", "之", "其", "如果", "但是", "但", "而", "并", "等", "时候", "一下", "现在", "已经", "很", "比较", "多少", "多久", "多大", "多长", "几", "几个", "几天", "几点", "几年", "谁", "是否", "有没有", "能不能", "可不可以", "一直", "老是", "总是", "还是", "就是"])
+STOP_EN = frozenset("""
+a an and are as at be been but by can could did do does doing for from had has have how i if in into
+is it its me my no not of on or our so than that the their them then there these they this to too
+us was we were what when where which who why will with would you your yours get got i'm i've it's
+please should shall may might any some all just about after before also am up down out off over very
+s t d ll re ve m much many
+""".split())
+STOP_ZH = frozenset("""
+的 了 是 在 我 你 他 她 它 我们 你们 他们 和 与 及 或 或者 吗 呢 吧 啊 呀 嘛 么 怎么 怎么办 怎样 怎么样 如何
+什么 为什么 哪 哪里 哪儿 哪个 能 能否 可以 可 要 需要 应该 一个 这 那 这个 那个 这样 那样 有 就 还 也 都 请 把
+被 给 对 从 到 会 让 做 得 地 着 过 又 再 该 用 个 之 其 如果 但是 但 而 并 等 时候 一下 现在 已经 很 比较
+多少 多久 多大 多长 几 几个 几天 几点 几年 谁 是否 有没有 能不能 可不可以 一直 老是 总是 还是 就是
+""".split())
 
 _jieba = None
 _jieba_lock = threading.Lock()

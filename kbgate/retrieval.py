@@ -41,8 +41,8 @@ BM25 = "bm25"
 
 
 # The last part of a heading path that names a fix, and one that names causes or symptoms
-STEP_HEADING = re.compile(r"解决|步骤|排查|处理|办法|怎么办|fix|step|resolution|solution|troubleshoot|what to do", re.IGNORECASE)
-CAUSE_HEADING = re.compile(r"原因|症状|现象|cause|symptom", re.IGNORECASE)
+STEP_HEADING = re.compile(r"解决|步骤|排查|处理|办法|怎么办|fix|step|resolution|solution|troubleshoot|what to do", re.I)
+CAUSE_HEADING = re.compile(r"原因|症状|现象|cause|symptom", re.I)
 
 
 def is_cause_section(heading: str) -> bool:
@@ -243,21 +243,23 @@ class Retriever:
         return out
 
     def topic_relevance(self, cosines: dict, lexical: float, tokens: list[str]) -> float:
-        """Combine topic-term coverage and each embedder's rescaled cosine (as far as it reads the query) into [0, 1]."""
+        """Combine topic-term coverage and each embedder's rescaled cosine (as far as it reads the query), in [0, 1]."""
         best = lexical
+        zh = zh_share(tokens)
         for e in self.embedders:
             if e.name in cosines:
-                lo, hi = self.cfg.cosine_ranges.get(e.name, (self.cfg.dense_floor, self.cfg.dense_ceiling))
+                lo, hi = self.cosine_range(e.name, zh)
                 d = min(max((cosines[e.name] - lo) / (hi - lo), 0.0), 1.0) if hi > lo else 0.0
                 best = max(best, native_share(tokens, e.languages) * d)
         return round(best, 4)
 
-    def relevance(self, cosine: float, lexical: float, share: float) -> float:
-        """Combine lexical coverage and the first embedder's rescaled cosine (trusted as far as `share`) into [0, 1]."""
-        name = self.embedders[0].name if self.embedders else ""
-        lo, hi = self.cfg.cosine_ranges.get(name, (self.cfg.dense_floor, self.cfg.dense_ceiling))
-        dense = min(max((cosine - lo) / (hi - lo), 0.0), 1.0) if hi > lo else 0.0
-        return round(max(lexical, share * dense), 4)
+    def cosine_range(self, name: str, zh: float) -> tuple[float, float]:
+        """(floor, ceiling) of one embedder's cosine for a query with this Chinese share (blended zh/en ranges)."""
+        r = self.cfg.cosine_ranges.get(name, (self.cfg.dense_floor, self.cfg.dense_ceiling))
+        if isinstance(r, dict):
+            z, e = r.get("zh", r.get("en")), r.get("en", r.get("zh"))
+            return zh * z[0] + (1 - zh) * e[0], zh * z[1] + (1 - zh) * e[1]
+        return float(r[0]), float(r[1])
 
 
 def _weight(table: dict, name: str, reads: bool) -> float:
