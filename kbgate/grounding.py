@@ -164,7 +164,7 @@ def drop_copied(reply: str, example: str, passages: list["Passage"] = (), min_sh
     return "\n".join(lines).strip()
 
 
-_PASSAGE_HEADER = re.compile(r"^\[\d{1,2}\] \([^\n]*\)[ \t]*\n?", re.M)
+_PASSAGE_HEADER = re.compile(r"^\[\d{1,2}\] \([^\n]*(?:\)[ \t]*)?(?:\n|$)", re.M)  # also one cut off by max_new_tokens
 
 
 def drop_passage_headers(text: str) -> str:

@@ -1,5 +1,6 @@
 """The grounding check and passage compression (pure functions)."""
-from kbgate.grounding import Passage, attribute, citations, copies_example, count_steps, quoted_steps_reply
+from kbgate.grounding import (Passage, attribute, citations, copies_example, count_steps, drop_passage_headers,
+                              quoted_steps_reply)
 from kbgate.compress import compress
 
 VPN = Passage(1, "VPN", "", "公司统一使用 Acme Connect 客户端（基于 OpenConnect 协议）。家庭路由器网段冲突：公司内网使用 10.0.0.0/8。")
@@ -191,3 +192,8 @@ def test_a_plain_answers_value_must_sit_beside_a_word_of_the_question():
     text, notes = check_values("每个子女单独计算，每年 5 天 [1]。", [faq, table], "陪产假可以休几天？", "zh", topic=True)
     assert text.startswith("Wiki 原文：“假期: 陪产假; 天数: 10 个工作日") and text.endswith("[2]。"), text
     assert check_values("每个子女单独计算，每年 5 天 [1]。", [faq, table], "陪产假可以休几天？", "zh")[1] == []  # steps: no topic rule
+
+
+def test_copied_passage_headers_go_even_when_cut_off():
+    assert drop_passage_headers("Book it [1].\n\n[2] (Meeting rooms › Booking)\nBig rooms [2].") == "Book it [1].\n\nBig rooms [2]."
+    assert drop_passage_headers("审批后 15 分钟内生效 [1]。\n\n[2] (账号类型与权限申请 › 权") == "审批后 15 分钟内生效 [1]。"
