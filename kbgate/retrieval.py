@@ -2,8 +2,8 @@
 
 fused(section) = sum over retrievers r of w_r / (rrf_k + rank_r(section)).
 The weights and rrf_k follow the query's language ([retrieval] weights_zh /
-weights_en, rrf_k_zh / rrf_k_en): a mixed query ("pod一直ImagePullBackOff") blends
-the two by its share of Chinese terms. An embedder that does not read a language
+weights_en, rrf_k_zh / rrf_k_en; `detect_lang`: a mixed query like
+"pod一直ImagePullBackOff" is Chinese). An embedder that does not read a language
 (the English MiniLM turns Chinese into [UNK]) gets weight 0 there unless named.
 Ranks are counted per section (page, heading), so the overlapping pieces of one
 long section count once and never fill the list. Venting terms (根本, 气死,
@@ -119,14 +119,19 @@ class Retriever:
         return self._section_rows
 
     def weights(self, query: str, tokens: list[str] | None = None) -> tuple[dict, float, float]:
-        """Return ({retriever: weight}, rrf_k, Chinese share): the zh and en settings blended by that share."""
-        zh = zh_share(query if tokens is None else tokens, query)
+        """Return ({retriever: weight}, rrf_k, Chinese share) for the query's language (`detect_lang`).
+
+        One language's settings, not a blend: they were chosen on queries of that
+        language as a whole, and a Chinese question with Latin names in it
+        ("Debian 的 apt 怎么用") is still a Chinese question.
+        """
+        zh = zh_share(tokenize(query) if tokens is None else tokens, query)
+        lang = detect_lang(query) if query else ("zh" if zh >= 0.5 else "en")
         c = self.cfg
-        w = {}
-        for name, langs in [(BM25, ("zh", "en"))] + [(e.name, e.languages) for e in self.embedders]:
-            w[name] = zh * _weight(c.weights_zh, name, "zh" in langs) + (1 - zh) * _weight(c.weights_en, name,
-                                                                                           "en" in langs)
-        return w, zh * c.rrf_k_zh + (1 - zh) * c.rrf_k_en, zh
+        table, rrf_k = (c.weights_zh, c.rrf_k_zh) if lang == "zh" else (c.weights_en, c.rrf_k_en)
+        w = {BM25: _weight(table, BM25, True)}
+        w.update({e.name: _weight(table, e.name, lang in e.languages) for e in self.embedders})
+        return w, float(rrf_k), zh
 
     def _allowed(self, tags) -> np.ndarray | None:
         if not tags:

@@ -242,7 +242,7 @@ def test_chosen_fusion_is_never_below_its_parts(fusion_parts):
     assert parts["bm25"] < 1.0
 
 
-def test_weights_follow_the_query_language_and_blend_mixed_queries(small_retriever):
+def test_weights_follow_the_query_language(small_retriever):
     r = small_retriever
     cfg = dataclasses.replace(r.cfg, weights_zh={"bm25": 1.0, "hash-64": 0.0}, weights_en={"bm25": 0.25},
                               rrf_k_zh=4, rrf_k_en=40)
@@ -251,8 +251,9 @@ def test_weights_follow_the_query_language_and_blend_mixed_queries(small_retriev
     assert (w, rk, zh) == ({"bm25": 1.0, "hash-64": 0.0}, 4, 1.0)
     w, rk, zh = r.weights("printer jam")
     assert w == {"bm25": 0.25, "hash-64": 1.0} and rk == 40  # unnamed embedder that reads en: 'dense' default 1
-    w, rk, zh = r.weights("pod一直ImagePullBackOff 发布卡住了")
-    assert 0 < zh < 1 and 0.25 < w["bm25"] < 1.0 and 4 < rk < 40
+    w, rk, zh = r.weights("pod一直ImagePullBackOff 发布卡住了")  # mostly Chinese: the Chinese settings
+    assert 0 < zh < 1 and (w, rk) == ({"bm25": 1.0, "hash-64": 0.0}, 4)
+    assert r.weights("Debian 的 apt 怎么更新软件包")[1] == 4
 
 
 def test_venting_words_do_not_lower_relevance(small_retriever):
