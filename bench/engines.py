@@ -84,8 +84,12 @@ def stream_times(engine, messages, max_tokens):
     return first or 0.0, time.perf_counter() - t0, fin
 
 
-def measure(label: str, cfg, accuracy: bool) -> dict:
-    """In-process figures for one engine (run in a child process)."""
+def say(label: str, what: str) -> None:
+    print(f"[{label}] {what}", file=sys.stderr, flush=True)
+
+
+def measure(label: str, cfg, accuracy: bool, n: int) -> dict:
+    """In-process figures for one engine (run in a child process); `n` gate queries per length."""
     from kbgate.answer import Assistant
     from kbgate.engines import load_engine
     from kbgate.gate import SentimentGate
@@ -96,10 +100,11 @@ def measure(label: str, cfg, accuracy: bool) -> dict:
     engine = load_engine(cfg)
     out["load_s"] = time.perf_counter() - t0
     out["info"] = engine.info().as_dict()
+    say(label, f"loaded in {out['load_s']:.1f} s: {out['info']}")
     prompts = Prompts(cfg.path(cfg.prompts.dir))
     gate = SentimentGate(engine, prompts, cfg.gate)
     for chars in (30, 100):
-        qs = queries(20, chars)
+        qs = queries(n, chars)
         gate.classify(qs[:2])  # warm-up
         times = []
         for q in qs:
@@ -107,6 +112,7 @@ def measure(label: str, cfg, accuracy: bool) -> dict:
             gate.classify([q])
             times.append(time.perf_counter() - t)
         out[f"gate{chars}"] = percentiles(times)
+        say(label, f"gate {chars} chars p50/p95 {out[f'gate{chars}'][0]:.0f}/{out[f'gate{chars}'][1]:.0f} ms")
     words = (ROOT / "kb/it").glob("*.md")
     long = " ".join(p.read_text(encoding="utf-8") for p in sorted(words))
     lo, hi = 0, len(long)  # the longest prefix of the wiki text that renders to <= 500 tokens
@@ -116,6 +122,7 @@ def measure(label: str, cfg, accuracy: bool) -> dict:
     msgs = [{"role": "user", "content": long[:lo]}]
     out["prefill_tokens"] = engine.prompt_tokens(msgs)
     out["prefill500_s"] = statistics.median(stream_times(engine, msgs, 1)[1] for _ in range(3))
+    say(label, f"prefill {out['prefill_tokens']} tokens {out['prefill500_s']:.2f} s")
     assistant = Assistant(engine, prompts, cfg.answer, cfg.escalation)
     firsts = []
     for q in ("在家怎么连接公司 VPN？", "How do I connect to the VPN from home?", "VPN 客户端在哪里下载？"):
@@ -125,22 +132,34 @@ def measure(label: str, cfg, accuracy: bool) -> dict:
                 break
         firsts.append(time.perf_counter() - t)
     out["first_token_s"] = statistics.median(firsts)
+    say(label, f"first answer token {out['first_token_s']:.2f} s")
     out["first_token_prompt_tokens"] = assistant.prompt_tokens("answer", "在家怎么连接公司 VPN？", passages())
     first, total, fin = stream_times(engine, COUNT, 128)
     out["decode_tok_s"] = (fin.completion_tokens - 1) / max(total - first, 1e-9)
     out["decode_tokens"] = fin.completion_tokens
+    say(label, f"decode {out['decode_tok_s']:.1f} tok/s over {fin.completion_tokens} tokens")
     if accuracy:
         rows = jsonl(ROOT / "tests/data/sentiment_eval.jsonl")
         got = [s.label for s in gate.classify([r["text"] for r in rows])]
         out["labels"] = got
         out["accuracy"] = sum(g == r["label"] for g, r in zip(got, rows)) / len(rows)
+        say(label, f"gate accuracy {out['accuracy']:.3f} on {len(rows)}")
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
 def raw_llamacpp(gguf: Path) -> dict:
     """llama_cpp.Llama on the file itself: prefill of 500 tokens and greedy decode (the anchor)."""
+    import llama_cpp
+    import llama_cpp.llama as ll
     from llama_cpp import Llama
+    default = llama_cpp.llama_model_default_params
+
+    def params():  # extra buffer types off, as the llamacpp engine runs (ggml's AMX path SIGILLs on these VMs)
+        p = default()
+        p.use_extra_bufts = False
+        return p
+    ll.llama_cpp.llama_model_default_params = params
     t0 = time.perf_counter()
     llm = Llama(str(gguf), n_ctx=2048, n_threads=2, verbose=False)
     load = time.perf_counter() - t0
@@ -149,7 +168,8 @@ def raw_llamacpp(gguf: Path) -> dict:
     llm.eval(toks)
     prefill = time.perf_counter() - t
     llm.reset()
-    prompt = llm.tokenize(b"<|im_start|>user\nCount from 1 to 300, separated by commas.<|im_end|>\n<|im_start|>assistant\n")
+    prompt = llm.tokenize(b"<|im_start|>user\nCount from 1 to 300, separated by commas.<|im_end|>\n"
+                          b"<|im_start|>assistant\n")
     n, t, first = 0, time.perf_counter(), None
     for _ in llm.generate(prompt, temp=0.0):
         n += 1
@@ -217,10 +237,23 @@ def wait_http(url: str, proc, limit: float) -> float:
     raise RuntimeError(f"{url} not ready within {limit:.0f} s")
 
 
+# `python -m llama_cpp.server` with extra buffer types off (as in tests/test_engine_remote.py)
+SERVER_MAIN = """
+import sys, llama_cpp, llama_cpp.llama as L
+default = llama_cpp.llama_model_default_params
+def params():
+    p = default(); p.use_extra_bufts = False; return p
+L.llama_cpp.llama_model_default_params = params
+from llama_cpp.server.__main__ import main
+sys.argv[0] = "llama_cpp.server"
+main()
+"""
+
+
 def llama_server(gguf: Path):
     """llama-cpp-python's OpenAI server on loopback: (process, base_url)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_MAIN, "--model", str(gguf), "--host", "127.0.0.1",
                              "--port", str(port), "--n_threads", "2", "--n_ctx", "4096", "--verbose", "false"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_http(f"http://127.0.0.1:{port}/v1/models", proc, 120)
@@ -290,13 +323,13 @@ def cpu_features() -> str:
     return ", ".join(f for f in want if f in flags) or "none of avx2/avx512/amx"
 
 
-def child(label: str, accuracy: bool, remote_url: str | None) -> dict:
+def child(label: str, accuracy: bool, remote_url: str | None, n: int) -> dict:
     """Run `measure` (or the raw anchor) for one engine in a fresh process; its JSON result."""
-    cmd = [sys.executable, __file__, "--one", label] + (["--accuracy"] if accuracy else []) + \
+    cmd = [sys.executable, __file__, "--one", label, "--queries", str(n)] + (["--accuracy"] if accuracy else []) + \
           (["--remote-url", remote_url] if remote_url else [])
-    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
-    if r.returncode != 0:
-        return {"label": label, "error": r.stderr.strip().splitlines()[-1][:300] if r.stderr.strip() else f"rc {r.returncode}"}
+    r = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, text=True)  # stderr: its progress, passed through
+    if r.returncode != 0 or not r.stdout.strip():
+        return {"label": label, "error": f"exit status {r.returncode} (see its output above)"}
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -352,7 +385,8 @@ def report(results: dict, serve_runs: dict, features: str) -> str:
     row("/api/sentiment p50, 30 chars", "api_gate30", " ms", 0, src=serve_runs, refd=sref, idx=0)
     row("/api/search first token p50", "search_first_token_p50_s", " s", 2, src=serve_runs, refd=sref)
     row("/api/search end-to-end p50", "search_p50_s", " s", 2, src=serve_runs, refd=sref)
-    rows.append(["values right (plain tune questions)"] + [serve_runs.get(lab, {}).get("values_right", "–") for lab in labels])
+    rows.append(["values right (plain tune questions)"]
+                + [serve_runs.get(lab, {}).get("values_right", "–") for lab in labels])
     row("peak RSS of the service", "service_rss_mb", " MB", 0, src=serve_runs, refd=sref)
     notes = [f"- {lab}: {r['error']}" for lab, r in results.items() if r.get("error")]
     notes += [f"- {lab} serve: {r['serve_error']}" for lab, r in serve_runs.items() if r.get("serve_error")]
@@ -377,6 +411,7 @@ def main() -> int:
     ap.add_argument("--no-serve", action="store_true", help="skip the `kbgate serve` part")
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     ap.add_argument("--questions", type=int, default=8, help="plain tune questions per serve run")
+    ap.add_argument("--queries", type=int, default=12, help="gate queries per length (the first 2 are warm-up)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--remote-url", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -386,7 +421,8 @@ def main() -> int:
             from kbgate.provision import fetch_gguf
             print(json.dumps(raw_llamacpp(fetch_gguf(load_config()))))
         else:
-            print(json.dumps(measure(args.one, config_for(args.one, args.remote_url)[0], args.accuracy)))
+            print(json.dumps(measure(args.one, config_for(args.one, args.remote_url)[0], args.accuracy,
+                                     args.queries)))
         return 0
     from kbgate.config import load_config
     from kbgate.provision import fetch_gguf
@@ -407,7 +443,7 @@ def main() -> int:
             bundle = ENGINES[label]["source"]
             server, url = llama_server(fetch_gguf(load_config().replace(model={"source": bundle})))
         try:
-            results[label] = child(label, args.accuracy, url)
+            results[label] = child(label, args.accuracy, url, args.queries)
             if index_dir:
                 serve_runs[label] = serve(label, config_for(label, url)[1], index_dir,
                                           [server.pid] if server else [], args.questions)
@@ -419,7 +455,7 @@ def main() -> int:
                 server.wait(30)
         print(json.dumps({k: v for k, v in results[label].items() if k != "labels"}), file=sys.stderr, flush=True)
         print(json.dumps(serve_runs.get(label, {})), file=sys.stderr, flush=True)
-    results["llama.cpp raw"] = child("llama.cpp raw", False, None)
+    results["llama.cpp raw"] = child("llama.cpp raw", False, None, args.queries)
     section = report(results, serve_runs, cpu_features())
     print(section)
     if not args.no_write:

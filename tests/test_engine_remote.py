@@ -171,6 +171,21 @@ def test_a_key_from_the_environment_is_sent_as_bearer(fake, monkeypatch):
 
 # --- the real server ------------------------------------------------------------------------
 
+# `python -m llama_cpp.server` with llama.cpp's extra buffer types off, as kbgate's own llamacpp
+# engine runs it: on VMs that list AMX without enabling it, ggml's AMX matmul dies with SIGILL
+# on the first prompt longer than one token (a wheel built with -mno-amx-* has no such path)
+SERVER_MAIN = """
+import sys, llama_cpp, llama_cpp.llama as L
+default = llama_cpp.llama_model_default_params
+def params():
+    p = default(); p.use_extra_bufts = False; return p
+L.llama_cpp.llama_model_default_params = params
+from llama_cpp.server.__main__ import main
+sys.argv[0] = "llama_cpp.server"
+main()
+"""
+
+
 @pytest.fixture(scope="session")
 def llama_server():
     """llama-cpp-python's OpenAI server on loopback with the bundled GGUF: (port, process)."""
@@ -178,7 +193,7 @@ def llama_server():
     from kbgate.provision import fetch_gguf
     gguf = fetch_gguf(load_config())
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_MAIN, "--model", str(gguf), "--host", "127.0.0.1",
                              "--port", str(port), "--n_threads", "2", "--n_ctx", "4096", "--verbose", "false"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
     deadline = time.time() + 120
@@ -257,7 +272,8 @@ def test_search_streams_an_answer_and_concurrent_searches_all_finish(remote_engi
         return resp.status_code, time.perf_counter() - t0
 
     _, single = one("How do I reset my password?")
-    qs = ["How do I reset my password?", "打印机怎么添加？", "How many days of annual leave do I get?", "报销被驳回了怎么办"]
+    qs = ["How do I reset my password?", "打印机怎么添加？", "How many days of annual leave do I get?",
+          "报销被驳回了怎么办"]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(one, qs))
