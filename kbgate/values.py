@@ -1,7 +1,8 @@
 """Values in text (numbers with their units, times, codes) and whether a passage states them.
 
 `values(text)` finds what a right answer must copy exactly: 15 天, ¥1,500, 10:00, E02,
-AUTH-403, 3 working days, 10 个工作日, ext. 8000. Both sides are normalised the same
+AUTH-403, 3 working days, 10 个工作日, ext. 8000, and links (https://id.acme.example/reset,
+mail addresses, host names), compared without scheme. Both sides are normalised the same
 way first: full-width forms (NFKC), thousands separators (1,500 -> 1500), Chinese
 numerals before a unit or measure word (十五天 -> 15 天, 两个工作日 -> 2 个工作日) and
 English number words (three days -> 3 days; "one" only before a unit, it is also a pronoun).
@@ -37,6 +38,9 @@ _NUM = r"\d+(?:\.\d+)?"
 _QUANTITY = re.compile(
     rf"(?<![A-Za-z0-9_.])(?P<cur>[¥$]|rmb\s*|cny\s*)?(?P<a>{_NUM})(?:\s*(?:-|–|—|~|至|到|to)\s*(?P<b>{_NUM}))?"
     rf"(?:\s*(?P<unit>{_UNIT_AFTER})(?![a-z]))?", re.I)
+_URL = re.compile(r"(?:https?://|www\.)[^\s<>()\[\]`'\"“”，。；、]+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+|"
+                  r"(?<![\w.@/-])[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:example|internal|local|corp|com|net|org|io|cn)"
+                  r"(?![\w-])(?:/[^\s<>()\[\]`'\"“”，。；、]*)?", re.IGNORECASE)
 _TIME = re.compile(r"(?<![\d.])(\d{1,2})[:：](\d{2})(?!\d)")
 _DOTTED = re.compile(r"(?<![A-Za-z0-9_.])\d+(?:\.\d+){2,}(?:/\d+)?(?![A-Za-z0-9_])|(?<![A-Za-z0-9_-])\d+(?:-\d+){2,}(?![A-Za-z0-9_-])")
 _CODE = re.compile(r"(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*\d)(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9]+(?:[-_.][A-Za-z0-9]+)*(?![A-Za-z0-9_-])")
@@ -102,6 +106,12 @@ def _num(s: str) -> str:
     return str(float(s)).removesuffix(".0")  # 07 -> 7, 7.50 -> 7.5
 
 
+def _address(url: str) -> str:
+    """https://id.acme.example/reset. -> id.acme.example/reset: a link compared without scheme or end punctuation."""
+    url = re.sub(r"^(?:https?://)?(?:www\.)?", "", url.lower())
+    return url.rstrip(".,;:!?/")
+
+
 def values(text: str) -> set[Value]:
     """The numbers (with unit classes), times and codes `text` states; citations and list marks are not values."""
     text = normalise(_LIST_MARK.sub("", _CITATION.sub(" ", text)))
@@ -113,6 +123,7 @@ def values(text: str) -> set[Value]:
             out.update(make(m))
         text = pattern.sub(" ", text)
 
+    take(_URL, lambda m: [Value("code", _address(m.group(0)))])
     take(_TIME, lambda m: [Value("time", f"{int(m.group(1))}:{m.group(2)}")])
     take(_DOTTED, lambda m: [Value("code", m.group(0))])
     def code(m) -> str:

@@ -128,6 +128,8 @@ Message your manager **before 10:00** on the first day you are off.""", "hr/sick
     ("call ext. 8000", {"8000"}), ("5–20 分钟", {"5 minute", "20 minute"}), ("one year", {"1 year"}),
     ("60%–100%", {"60 percent", "100 percent"}), ("see step [2].", set()), ("1. Open the portal [1]", set()),
     ("DNS 10.10.0.53", {"10.10.0.53"}), ("7 月 1 日", {"7 month", "1 day"}),
+    ("Go to <https://id.acme.example/reset>.", {"id.acme.example/reset"}), ("mail hr@acme.example", {"hr@acme.example"}),
+    ("nslookup git.acme.internal", {"git.acme.internal"}),
 ])
 def test_values_are_found_and_normalised_in_both_languages(text, found):
     assert {str(v) for v in values(text)} == found
@@ -197,3 +199,9 @@ def test_a_plain_answers_value_must_sit_beside_a_word_of_the_question():
 def test_copied_passage_headers_go_even_when_cut_off():
     assert drop_passage_headers("Book it [1].\n\n[2] (Meeting rooms › Booking)\nBig rooms [2].") == "Book it [1].\n\nBig rooms [2]."
     assert drop_passage_headers("审批后 15 分钟内生效 [1]。\n\n[2] (账号类型与权限申请 › 权") == "审批后 15 分钟内生效 [1]。"
+
+
+def test_a_link_the_passage_does_not_give_is_an_invented_value():
+    assert missing("Reset it at https://id.acme.example/reset [1].", "Go to <https://id.acme.example/reset>.") == []
+    assert [str(v) for v in missing("Enroll at https://help.acme.example/espp [1].",
+                                    "Open https://help.acme.example and request software.")] == ["help.acme.example/espp"]
