@@ -51,7 +51,7 @@ def read_text(path: str) -> str:
 def queries(n: int, chars: int) -> list[str]:
     """`n` gate queries of exactly `chars` characters, from the labelled set (joined when short)."""
     rows = [r["text"] for r in jsonl(ROOT / "tests/data/sentiment_eval.jsonl")]
-    near = [t for t in rows if chars * 0.8 <= len(t) <= chars * 1.2]
+    near = [t for t in rows if chars <= len(t) <= chars * 1.2]
     out = [t[:chars] for t in near]
     i = 0
     while len(out) < n:  # join neighbours until long enough
@@ -69,7 +69,7 @@ def passages():
     from kbgate.grounding import Passage
     text = (ROOT / "kb/it/vpn.md").read_text(encoding="utf-8") if (ROOT / "kb/it/vpn.md").exists() else \
         next((ROOT / "kb/it").glob("*.md")).read_text(encoding="utf-8")
-    secs = [s for s in re.split(r"\n(?=## )", text.split("---", 2)[-1]) if s.strip()][:3]
+    secs = [s.strip() for s in re.split(r"\n(?=## )", text.split("---", 2)[-1]) if s.strip()][:3]
     return [Passage(i + 1, "VPN", s.splitlines()[0].lstrip("# "), s) for i, s in enumerate(secs)]
 
 
