@@ -39,7 +39,8 @@ def main() -> None:
     s = load_services(cfg)
     load_s = time.perf_counter() - t0
     s.pipeline.ask("warm up: VPN")
-    rows, trouble, stats = [], [], {"gate": [], "retrieval": [], "first_token": [], "total": [], "tps": [], "prompt": []}
+    rows, trouble = [], []
+    stats = {"gate": [], "retrieval": [], "first_token": [], "total": [], "tps": [], "prompt": []}
     for q in QUERIES:
         t_first, n_tokens = None, 0
         for kind, data in s.pipeline.ask(q, stream=True):
@@ -59,7 +60,8 @@ def main() -> None:
         steps = count_steps(r.answer)
         if r.route == "troubleshooting":
             trouble.append(("quoted" if "quoted" in r.reason else "model") if steps >= 2 else "none")
-        rows.append((q, r.route, r.sentiment["label"], f"{steps} ({trouble[-1]})" if r.route == "troubleshooting" else "-", f"{tm['gate']:.0f}", f"{tm['retrieval']:.0f}",
+        by = f"{steps} ({trouble[-1]})" if r.route == "troubleshooting" else "-"
+        rows.append((q, r.route, r.sentiment["label"], by, f"{tm['gate']:.0f}", f"{tm['retrieval']:.0f}",
                      f"{tm['first_token']:.0f}" if tm.get("first_token") else "-",
                      f"{tps:.1f}" if tps == tps else "-", f"{tm['total'] / 1000:.1f} s",
                      ", ".join(f"[{x.n}] {x.page}" for x in r.sources if x.cited) or "-"))

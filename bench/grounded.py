@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=None, help="cap per answer [config: answer.max_new_tokens]")
     ap.add_argument("--log", default=None, help="append each verdict to this JSON-lines file as it comes")
     ap.add_argument("--from-log", default=None, help="report a saved --log instead of asking again")
+    ap.add_argument("--note", default="", help="a paragraph added under the figures (what limited the run)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     split = None if args.split == "all" else args.split
@@ -82,9 +83,11 @@ def main() -> None:
         ("expected value stated", pct(*got["values"]), "≥ 95%"),
         ("off-topic answered", pct(*got["offtopic"]), "≤ 5%"),
     ], header=("measure", "result", "target"))
-    body = (f"Split `{args.split}` of `bench/data/answers.jsonl` + `bench/data/offtopic.jsonl` ({len(verdicts)} questions), "
+    body = (f"Split `{args.split}` of `bench/data/answers.jsonl` + `bench/data/offtopic.jsonl` "
+            f"({len(verdicts)} questions), "
             f"{where}; {wall / 60:.1f} min.\n`kbgate eval answers bench/data/answers.jsonl --split {args.split}` "
-            f"gives the same figures per file.\n\n{verdict}\n\n{answers_report(res)}")
+            f"gives the same figures per file.\n\n{verdict}\n\n" + (f"{args.note}\n\n" if args.note else "")
+            + answers_report(res))
     print(body)
     if not args.no_write:
         name = "grounded" if args.split == "heldout" else f"grounded-{args.split}"

@@ -22,7 +22,8 @@ _MD = [(re.compile(r"<(https?://[^>\s]+)>"), r"\1"), (re.compile(r"!?\[([^\]]*)\
 _RULE = re.compile(r"^\|?\s*:?-{2,}")
 YES_NO_EN = re.compile(r"^(?:do|does|did|can|could|is|are|am|was|were|will|would|should|shall|may|must|"
                        r"have|has|need)\b", re.I)
-YES_NO_ZH = re.compile(r"(吗|(?<![什怎那这多要])么)[？?。！!]*$|是否|能否|可否|要不要|需不需要|能不能|可不可以|是不是|有没有|用不用|会不会|算不算")
+YES_NO_ZH = re.compile(r"(吗|(?<![什怎那这多要])么)[？?。！!]*$|是否|能否|可否|要不要|需不需要|能不能|"
+                       r"可不可以|是不是|有没有|用不用|会不会|算不算")
 VERDICT = re.compile(r"^\s*(?:\d{1,2}[.)、]\s+)?(?:yes|no|yeah|nope|not|you (?:do|don't|do not|need|needn't|can|"
                      r"cannot|can't|must|should|will|won't)|是的|是|不是|不|不用|不需要|需要|可以|不可以|能|不能|"
                      r"会|不会|要|不要|没有|有|必须|无需|无须|对)(?![a-z])", re.I)

@@ -42,8 +42,10 @@ _URL = re.compile(r"(?:https?://|www\.)[^\s<>()\[\]`'\"“”，。；、]+|[\w.
                   r"(?<![\w.@/-])[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:example|internal|local|corp|com|net|org|io|cn)"
                   r"(?![\w-])(?:/[^\s<>()\[\]`'\"“”，。；、]*)?", re.IGNORECASE)
 _TIME = re.compile(r"(?<![\d.])(\d{1,2})[:：](\d{2})(?!\d)")
-_DOTTED = re.compile(r"(?<![A-Za-z0-9_.])\d+(?:\.\d+){2,}(?:/\d+)?(?![A-Za-z0-9_])|(?<![A-Za-z0-9_-])\d+(?:-\d+){2,}(?![A-Za-z0-9_-])")
-_CODE = re.compile(r"(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*\d)(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9]+(?:[-_.][A-Za-z0-9]+)*(?![A-Za-z0-9_-])")
+_DOTTED = re.compile(r"(?<![A-Za-z0-9_.])\d+(?:\.\d+){2,}(?:/\d+)?(?![A-Za-z0-9_])"  # 10.10.0.53, 1.2.3
+                     r"|(?<![A-Za-z0-9_-])\d+(?:-\d+){2,}(?![A-Za-z0-9_-])")  # 400-820-8820
+_CODE = re.compile(r"(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*\d)(?=[A-Za-z0-9_-]*[A-Za-z])"  # letters and digits: E02
+                   r"[A-Za-z0-9]+(?:[-_.][A-Za-z0-9]+)*(?![A-Za-z0-9_-])")
 _FUSED = re.compile(r"^(\d+(?:\.\d+)?)([a-z]+)$", re.I)  # 5GB, 2.4GHz, 3rd: a number with a word stuck on
 _THOUSANDS = re.compile(r"(?<=\d)[,，](?=\d{3}(?!\d))")
 _CITATION = re.compile(r"\[\d{1,2}\]")

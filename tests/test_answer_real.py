@@ -18,7 +18,8 @@ def test_gate_accuracy_on_the_evaluation_sets(real_services, repo_root, name):
     rows = [json.loads(line) for line in open(repo_root / "tests/data" / name, encoding="utf-8")]
     res = real_services.gate.classify([r["text"] for r in rows])
     acc = sum(r["label"] == s.label for r, s in zip(rows, res)) / len(rows)
-    per_label = {lab: sum(r["label"] == s.label == lab for r, s in zip(rows, res)) / sum(r["label"] == lab for r in rows)
+    per_label = {lab: sum(r["label"] == s.label == lab for r, s in zip(rows, res))
+                 / sum(r["label"] == lab for r in rows)
                  for lab in ("positive", "neutral", "negative")}
     assert acc >= ACCURACY_FLOOR[name], f"accuracy {acc:.1%}, per label {per_label}"
     assert min(per_label.values()) >= 0.6, per_label  # no label is given up to buy the others

@@ -3,8 +3,10 @@ from kbgate.grounding import (Passage, attribute, citations, copies_example, cou
                               quoted_steps_reply)
 from kbgate.compress import compress
 
-VPN = Passage(1, "VPN", "", "公司统一使用 Acme Connect 客户端（基于 OpenConnect 协议）。家庭路由器网段冲突：公司内网使用 10.0.0.0/8。")
-PWD = Passage(2, "Password", "", "Reset your password at https://id.acme.example/reset; a mail goes to your backup address.")
+VPN = Passage(1, "VPN", "", "公司统一使用 Acme Connect 客户端（基于 OpenConnect 协议）。"
+                            "家庭路由器网段冲突：公司内网使用 10.0.0.0/8。")
+PWD = Passage(2, "Password", "",
+              "Reset your password at https://id.acme.example/reset; a mail goes to your backup address.")
 
 
 def test_supported_sentences_get_the_passage_that_supports_them():
@@ -64,10 +66,13 @@ def test_wiki_steps_are_quoted_plain_with_their_code_and_citation():
 
 
 def test_a_reply_that_parrots_the_worked_example_is_caught():
-    example = "打印一直出问题确实很耽误事：\n1. 看一下打印机屏幕是否显示“离线” [2]。\n2. 确认电脑连的是 Acme-Corp 网络，访客网络无法打印 [2]。"
-    parrot = "VPN 出问题确实很耽误事：\n1. 看一下打印机屏幕是否显示“离线” [1]。\n2. 确认电脑连的是 Acme-Corp 网络，访客网络无法打印 [1]。"
+    example = ("打印一直出问题确实很耽误事：\n1. 看一下打印机屏幕是否显示“离线” [2]。\n"
+               "2. 确认电脑连的是 Acme-Corp 网络，访客网络无法打印 [2]。")
+    parrot = ("VPN 出问题确实很耽误事：\n1. 看一下打印机屏幕是否显示“离线” [1]。\n"
+              "2. 确认电脑连的是 Acme-Corp 网络，访客网络无法打印 [1]。")
     own = "VPN 连不上确实烦人：\n1. 先确认密码没有过期 [1]。\n2. 再检查设备证书的有效期 [1]。"
-    jam = [Passage(1, "打印机故障排查", "打印机故障排查 › 解决步骤 › 卡纸", "1. 打开盖板。2. 取出卡住的纸。3. 检查纸盒。")]
+    jam = [Passage(1, "打印机故障排查", "打印机故障排查 › 解决步骤 › 卡纸",
+                   "1. 打开盖板。2. 取出卡住的纸。3. 检查纸盒。")]
     assert copies_example(parrot, example, jam) and not copies_example(own, example, jam)
     offline = [Passage(1, "打印机故障排查", "打印机故障排查 › 解决步骤", "1. 看一下打印机屏幕是否显示“离线”。"
                        "2. 确认电脑连的是 Acme-Corp 网络，访客网络无法打印。")]
@@ -110,7 +115,8 @@ SPECIAL = Passage(1, "其他假期", "其他假期 › 假期一览", """| 假�
 | 婚假 | 10 个工作日 | 全薪 | 领证后 1 年内一次性休完 |
 | 陪产假 | 10 个工作日 | 全薪 | 北京为 15 天；子女出生后 6 个月内休完 |
 | 育儿假 | 每年 5 个工作日 | 全薪 | 子女满 3 周岁前每年享有 |""", "hr/special-leave")
-SICK = Passage(1, "Sick leave policy", "Sick leave policy › When you need a medical certificate", """| Length of absence | What you need |
+SICK = Passage(1, "Sick leave policy", "Sick leave policy › When you need a medical certificate",
+               """| Length of absence | What you need |
 |---|---|
 | Up to 2 consecutive working days | Nothing, self-certified |
 | 3 working days or more | Sick-leave certificate (病假证明/病假单) from a hospital |
@@ -128,7 +134,8 @@ Message your manager **before 10:00** on the first day you are off.""", "hr/sick
     ("call ext. 8000", {"8000"}), ("5–20 分钟", {"5 minute", "20 minute"}), ("one year", {"1 year"}),
     ("60%–100%", {"60 percent", "100 percent"}), ("see step [2].", set()), ("1. Open the portal [1]", set()),
     ("DNS 10.10.0.53", {"10.10.0.53"}), ("7 月 1 日", {"7 month", "1 day"}),
-    ("Go to <https://id.acme.example/reset>.", {"id.acme.example/reset"}), ("mail hr@acme.example", {"hr@acme.example"}),
+    ("Go to <https://id.acme.example/reset>.", {"id.acme.example/reset"}),
+    ("mail hr@acme.example", {"hr@acme.example"}),
     ("nslookup git.acme.internal", {"git.acme.internal"}),
 ])
 def test_values_are_found_and_normalised_in_both_languages(text, found):
@@ -161,7 +168,8 @@ def test_a_value_from_another_row_of_the_table_is_caught():
 def test_the_issue_paternity_leave_five_days_gives_way_to_ten_working_days():
     text, notes = check_values("陪产假每年 5 天 [1]。", [SPECIAL], "陪产假可以休几天？", "zh")
     assert "每年 5 天" not in text and "陪产假; 天数: 10 个工作日" in text and text.startswith("Wiki 原文"), text
-    assert check_values("陪产假有 10 个工作日 [1]。", [SPECIAL], "陪产假可以休几天？", "zh") == ("陪产假有 10 个工作日 [1]。", [])
+    right = "陪产假有 10 个工作日 [1]。"
+    assert check_values(right, [SPECIAL], "陪产假可以休几天？", "zh") == (right, [])
 
 
 def test_an_unsupported_sentence_with_no_line_to_quote_is_dropped():
@@ -188,20 +196,25 @@ def test_passage_lines_read_table_rows_with_their_headers_and_skip_code():
 
 
 def test_a_plain_answers_value_must_sit_beside_a_word_of_the_question():
-    faq = Passage(1, "其他假期", "其他假期 › 常见问题", "**二胎、三胎也有育儿假吗？** 有，每个子女单独计算，每年 5 天。\n\n"
+    faq = Passage(1, "其他假期", "其他假期 › 常见问题",
+                  "**二胎、三胎也有育儿假吗？** 有，每个子女单独计算，每年 5 天。\n\n"
                   "**男员工的陪产假什么时候开始算？** 从实际开始休假的那一天算起。")
     table = Passage(2, SPECIAL.title, SPECIAL.heading, SPECIAL.text, SPECIAL.page)
-    text, notes = check_values("每个子女单独计算，每年 5 天 [1]。", [faq, table], "陪产假可以休几天？", "zh", topic=True)
+    off = "每个子女单独计算，每年 5 天 [1]。"
+    text, notes = check_values(off, [faq, table], "陪产假可以休几天？", "zh", topic=True)
     assert text.startswith("Wiki 原文：“假期: 陪产假; 天数: 10 个工作日") and text.endswith("[2]。"), text
-    assert check_values("每个子女单独计算，每年 5 天 [1]。", [faq, table], "陪产假可以休几天？", "zh")[1] == []  # steps: no topic rule
+    assert check_values(off, [faq, table], "陪产假可以休几天？", "zh")[1] == []  # steps: no topic rule
 
 
 def test_copied_passage_headers_go_even_when_cut_off():
-    assert drop_passage_headers("Book it [1].\n\n[2] (Meeting rooms › Booking)\nBig rooms [2].") == "Book it [1].\n\nBig rooms [2]."
-    assert drop_passage_headers("审批后 15 分钟内生效 [1]。\n\n[2] (账号类型与权限申请 › 权") == "审批后 15 分钟内生效 [1]。"
+    copied = "Book it [1].\n\n[2] (Meeting rooms › Booking)\nBig rooms [2]."
+    assert drop_passage_headers(copied) == "Book it [1].\n\nBig rooms [2]."
+    cut = "审批后 15 分钟内生效 [1]。\n\n[2] (账号类型与权限申请 › 权"
+    assert drop_passage_headers(cut) == "审批后 15 分钟内生效 [1]。"
 
 
 def test_a_link_the_passage_does_not_give_is_an_invented_value():
     assert missing("Reset it at https://id.acme.example/reset [1].", "Go to <https://id.acme.example/reset>.") == []
-    assert [str(v) for v in missing("Enroll at https://help.acme.example/espp [1].",
-                                    "Open https://help.acme.example and request software.")] == ["help.acme.example/espp"]
+    gone = missing("Enroll at https://help.acme.example/espp [1].",
+                   "Open https://help.acme.example and request software.")
+    assert [str(v) for v in gone] == ["help.acme.example/espp"]

@@ -33,7 +33,8 @@ def assert_fix_steps_and_one_contact(s, r, page=None):
 
 
 def test_symptoms_listed_as_steps_give_way_to_the_fix_section(make_services):
-    reply = "很抱歉 [1]。\n1. 笔记本每隔 5–20 分钟断开一次 Wi-Fi，然后自动重连 [3]。\n2. Wi-Fi 图标显示已连接，但网页打不开 [3]。"
+    reply = ("很抱歉 [1]。\n1. 笔记本每隔 5–20 分钟断开一次 Wi-Fi，然后自动重连 [3]。\n"
+             "2. Wi-Fi 图标显示已连接，但网页打不开 [3]。")
     s, r = ask(make_services, reply, WIFI)
     assert_fix_steps_and_one_contact(s, r, "it/wifi-dropping")
     assert "自动重连" not in r.answer and "quoted" in r.reason

@@ -121,7 +121,8 @@ def totals(verdicts: list[dict]) -> dict:
     valued = [v for v in verdicts if v["value"]]
     answered_valued = [v for v in valued if v["route"] != "no_answer"]
     ms = [v["ms"] for v in verdicts if v["ms"] is not None]
-    return {"frustrated": {"n": len(fr), "ok": fr_ok, "troubleshooting": sum(v["route"] == "troubleshooting" for v in fr)},
+    return {"frustrated": {"n": len(fr), "ok": fr_ok,
+                           "troubleshooting": sum(v["route"] == "troubleshooting" for v in fr)},
             "plain": {"n": len(pl), "ok": pl_ok, "answered": sum(v["route"] != "no_answer" for v in pl),
                       "misrouted": sum(v["route"] == "troubleshooting" for v in pl)},
             "values": {"n": len(valued), "stated": sum(bool(v["value_ok"]) for v in valued),
@@ -140,7 +141,8 @@ def answers_report(res: dict) -> str:
              "PASS" if v["ok"] else "fail", v["query"][:50]) for v in res["queries"]]
     summary = [
         ("frustrated: troubleshooting with ≥ 2 fix steps from the right page",
-         pct(t["frustrated"]["ok"], t["frustrated"]["n"]), f"reached troubleshooting {t['frustrated']['troubleshooting']}"),
+         pct(t["frustrated"]["ok"], t["frustrated"]["n"]),
+         f"reached troubleshooting {t['frustrated']['troubleshooting']}"),
         ("plain: answered from the right page", pct(t["plain"]["ok"], t["plain"]["n"]),
          f"answered {t['plain']['answered']}, misrouted to troubleshooting {t['plain']['misrouted']}"),
         ("expected value stated", pct(t["values"]["stated"], t["values"]["n"]),
