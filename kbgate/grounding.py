@@ -164,6 +164,21 @@ def drop_copied(reply: str, example: str, passages: list["Passage"] = (), min_sh
     return "\n".join(lines).strip()
 
 
+def drop_echo(reply: str, query: str, min_share: float = 0.8) -> str:
+    """The reply without sentences that mostly repeat the query (a small model echoes the complaint)."""
+    from indexer.tokenize import tokenize
+
+    asked = set(tokenize(query))
+    lines = []
+    for line in reply.split("\n"):
+        kept = [x for x in _SENTENCE_END.split(line)
+                if not ((t := set(tokenize(_CITED.sub("", x)))) and len(t) >= 2
+                        and len(t & asked) >= min_share * len(t))]
+        if "".join(kept).strip() or not line.strip():
+            lines.append("".join(kept).rstrip())
+    return "\n".join(lines).strip()
+
+
 _PASSAGE_HEADER = re.compile(r"^\[\d{1,2}\] \([^\n]*(?:\)[ \t]*)?(?:\n|$)", re.M)  # also one cut off by max_new_tokens
 
 

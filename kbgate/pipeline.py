@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 from kbgate.answer import Assistant
-from kbgate.grounding import (Passage, attribute, citations, copies_example, count_steps, drop_copied,
+from kbgate.grounding import (Passage, attribute, citations, copies_example, count_steps, drop_copied, drop_echo,
                               drop_passage_headers, fix_steps, is_fix, message, quoted_steps_reply, with_ack,
                               without_contact)
 from kbgate.quotes import check_values, quote_verdict
@@ -163,6 +163,9 @@ class Pipeline:
             yield "token", piece
         # keep the model's [n] where its passage supports the sentence; cite what else a passage supports
         text, cited = attribute(drop_passage_headers(text), given, verify=self.cfg.answer.verify_citations)
+        if cited and self.cfg.answer.verify_citations:
+            text = drop_echo(text, query)  # the complaint repeated back is not an answer
+            cited = citations(text, len(given))
         example = self.assistant.example_reply[role]
         if cited and self.cfg.answer.verify_citations and copies_example(text, example, given):
             cited = []  # the worked example parroted back: not an answer from these passages
@@ -215,21 +218,30 @@ class Pipeline:
         if cited and n >= 2:
             return with_ack(steps, lang, example), citations(steps, len(given)), ""
         # The 0.5B model sometimes echoes the complaint, copies its worked example or lists
-        # symptoms; a frustrated user still gets the wiki's own fix steps, quoted and cited.
-        pool = [g for g in given if target is None or g.page == target]
-        quoted = quoted_steps_reply(pool, lang)
-        if not quoted and target:
-            fix = self.retriever.steps_section(target)
-            if fix and (fix.page, fix.heading) not in {(p.page, p.heading) for p in passages}:
-                # the best page's own fix section, though it did not rank among the passages
-                extra = self._source(len(passages) + 1, fix)
-                quoted = quoted_steps_reply([Passage(extra.n, extra.title, extra.heading, extra.text, extra.page)],
-                                            lang)
-                if quoted:
-                    passages.append(extra)  # the done event carries the final sources
-        if not quoted:
-            return text, cited, ""
-        return (*quoted, "; the model's reply had no grounded steps from a fix section, so the wiki's steps are quoted")
+        # symptoms; a frustrated user still gets the wiki's own fix steps, quoted and cited: the
+        # target page's, else the next page among the passages that has a fix section.
+        pages = [target] if target else []
+        pages += [p.page for p in passages if p.page not in pages and (fixes[p.page] or is_steps_section(p.heading))]
+        for page in pages or [None]:
+            quoted = self._quote_fix(page, given, passages, lang)
+            if quoted:
+                return (*quoted, "; the model's reply had no grounded steps from a fix section, "
+                                 "so the wiki's steps are quoted")
+        return text, cited, ""
+
+    def _quote_fix(self, page: str | None, given: list[Passage], passages: list[Source], lang: str):
+        """The quoted steps of `page`'s fix section (among the passages, or fetched from the index)."""
+        quoted = quoted_steps_reply([g for g in given if page is None or g.page == page], lang)
+        if quoted or page is None:
+            return quoted
+        fix = self.retriever.steps_section(page)
+        if fix and (fix.page, fix.heading) not in {(p.page, p.heading) for p in passages}:
+            # the page's own fix section, though it did not rank among the passages
+            extra = self._source(len(passages) + 1, fix)
+            quoted = quoted_steps_reply([Passage(extra.n, extra.title, extra.heading, extra.text, extra.page)], lang)
+            if quoted:
+                passages.append(extra)  # the done event carries the final sources
+        return quoted
 
     def _no_answer(self, query, sentiment, hits, lang, trouble, timings, ms, why):
         text = message("no_answer", lang)

@@ -218,3 +218,11 @@ def test_a_link_the_passage_does_not_give_is_an_invented_value():
     gone = missing("Enroll at https://help.acme.example/espp [1].",
                    "Open https://help.acme.example and request software.")
     assert [str(v) for v in gone] == ["help.acme.example/espp"]
+
+
+def test_a_sentence_repeating_the_query_is_dropped():
+    from kbgate.grounding import drop_echo
+    q = "my badge won't open the office door, red light and two beeps. when does it start working"
+    assert drop_echo("My badge won't open the office door, red light and two beeps [2]. When does it start working [2]?"
+                     "\n1. Hold the badge to the reader for 2 seconds [1].", q) == \
+        "1. Hold the badge to the reader for 2 seconds [1]."

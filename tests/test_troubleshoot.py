@@ -122,3 +122,30 @@ def test_the_troubleshooting_pages_fix_wins_over_a_howto_pages_numbered_steps(tm
     r = s.pipeline.ask(query)
     assert r.sources[0].page == "it/vpn", [x.page for x in r.sources]  # the how-to page ranks first
     assert_fix_steps_and_one_contact(s, r, "it/vpn-auth-failed")
+
+
+def test_an_echoed_complaint_is_not_an_answer(make_services):
+    s, r = ask(make_services, WIFI + " [1]", WIFI)
+    assert_fix_steps_and_one_contact(s, r, "it/wifi-dropping")
+    assert "烦死了" not in r.answer and "quoted" in r.reason
+
+
+def test_when_the_best_page_has_no_numbered_fix_the_next_page_with_one_is_quoted(tmp_path, hash_embedder):
+    from fake_engine import FakeEngine
+    from index_fixtures import write_kb
+    from indexer.index import load_index
+    from indexer.store import build_index
+    from kbgate.config import load_config
+    from kbgate.retrieval import Retriever
+    from kbgate.service import build
+
+    pages = dict(HOWTO_AND_FIX)
+    pages["it/vpn-slow.md"] = ("---\ntitle: VPN 登录很慢\ntype: troubleshooting\n---\n\n# VPN 登录很慢\n\n"
+                               "## 解决步骤\n\nAcme Connect 登录慢时请耐心等待，登录失败请看 VPN 登录失败。\n")
+    cfg = load_config().replace(gate={"negative_threshold": 0.0}, answer=CHECKED)
+    build_index(cfg, write_kb(tmp_path / "kb", pages), tmp_path / "idx", hash_embedder, progress=False)
+    retriever = Retriever(load_index(tmp_path / "idx", hash_embedder), hash_embedder, cfg.retrieval)
+    s = build(cfg, FakeEngine("真烦人。"), retriever)
+    r = s.pipeline.ask("VPN 登录很慢 Acme Connect 登录失败，烦死了")
+    assert "it/vpn-slow" in [x.page for x in r.sources], [x.page for x in r.sources]
+    assert_fix_steps_and_one_contact(s, r, "it/vpn-auth-failed")
