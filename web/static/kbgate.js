@@ -226,6 +226,7 @@
         $("sb-model").textContent = model.name;
         $("sb-device").textContent = model.device;
         $("sb-precision").textContent = model.precision;
+        $("sb-engine").textContent = model.engine;
         return;
       }
     } catch (e) { /* retried below */ }
