@@ -329,7 +329,8 @@ def load_embedder(cfg, lazy: bool = False) -> Embedder:
 
     def make(name, langs):
         known = tuple(langs) or KNOWN_LANGUAGES.get(name, ("en",) if not name.startswith("hash-") else ("en", "zh"))
-        load = (lambda: load_one(name, langs, e.batch_size, e.query_threads, base))
+        def load():
+            return load_one(name, langs, e.batch_size, e.query_threads, base)
         return LazyEmbedder(name, load, known) if lazy else load()
 
     made = [make(n, langs) for n, langs in specs]

@@ -57,7 +57,8 @@ class Index:
         if self.dense is None:
             object.__setattr__(self, "dense", {(self.manifest.get("embedder") or {}).get("name", ""): self.faiss})
         order = {pid: i for i, pid in enumerate(self.pages)}
-        object.__setattr__(self, "chunk_page_rows", np.array([order.get(getattr(c, "page", None), -1) for c in self.chunks], np.int64))
+        rows = [order.get(getattr(c, "page", None), -1) for c in self.chunks]
+        object.__setattr__(self, "chunk_page_rows", np.array(rows, np.int64))
 
     def __len__(self) -> int:
         return len(self.chunks)

@@ -92,7 +92,8 @@ class GateConfig:
     negative_threshold: float = _f(0.5, "route to troubleshooting when P(negative) is at least this")
     max_query_chars: int = _f(2000, "longer queries are refused, never truncated")
     batch_size: int = _f(16, "texts per forward pass in batch sentiment")
-    prompt: str = _f("sentiment", "prompt name under prompts/ (sentiment.system.txt, .intro.txt, .item.txt, .labels.tsv, .examples.tsv)")
+    prompt: str = _f("sentiment", "prompt name under prompts/ (sentiment.system.txt, .intro.txt, .item.txt, "
+                                  ".labels.tsv, .examples.tsv)")
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ class OpenAIConfig:
 
 @dataclass(frozen=True)
 class RemoteConfig:
-    base_url: str = _f("http://127.0.0.1:8000/v1", "[model] engine = \"openai\": the server's OpenAI-compatible base URL (ends in /v1)")
+    base_url: str = _f("http://127.0.0.1:8000/v1",
+                       "[model] engine = \"openai\": the server's OpenAI-compatible base URL (ends in /v1)")
     model: str = _f("", "model name sent to the server; empty = the first id its /v1/models lists")
     api_key_env: str = _f("KBGATE_REMOTE_API_KEY", "env var holding the server's bearer key; unset or empty = no key sent")
     connect_timeout_s: float = _f(3.0, "seconds to open a connection to the server before it counts as unreachable")
