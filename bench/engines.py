@@ -35,6 +35,7 @@ ENGINES = {  # label -> [model] overrides; openai-* also start a llama_cpp.serve
     "llamacpp-1.5b": {"engine": "llamacpp", "source": "bundled-1.5b"},
     "openai-0.5b": {"engine": "openai", "source": "bundled"},
 }
+THREADS = 0  # --threads, passed on to the child processes
 COUNT = [{"role": "user", "content": "Count from 1 to 300, separated by commas, and nothing else."}]
 
 
@@ -325,7 +326,8 @@ def cpu_features() -> str:
 
 def child(label: str, accuracy: bool, remote_url: str | None, n: int) -> dict:
     """Run `measure` (or the raw anchor) for one engine in a fresh process; its JSON result."""
-    cmd = [sys.executable, __file__, "--one", label, "--queries", str(n)] + (["--accuracy"] if accuracy else []) + \
+    cmd = [sys.executable, __file__, "--one", label, "--queries", str(n), "--threads", str(THREADS)] + \
+          (["--accuracy"] if accuracy else []) + \
           (["--remote-url", remote_url] if remote_url else [])
     r = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, text=True)  # stderr: its progress, passed through
     if r.returncode != 0 or not r.stdout.strip():
@@ -333,9 +335,9 @@ def child(label: str, accuracy: bool, remote_url: str | None, n: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def config_for(label: str, remote_url: str | None):
+def config_for(label: str, remote_url: str | None, threads: int = 0):
     from kbgate.config import load_config
-    changes = {"model": dict(ENGINES[label])}
+    changes = {"model": {**ENGINES[label], **({"threads": threads} if threads else {})}}
     if remote_url:
         changes["remote"] = {"base_url": remote_url, "read_timeout_s": 300.0}
     return load_config().replace(**changes), changes
@@ -412,6 +414,7 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     ap.add_argument("--questions", type=int, default=8, help="plain tune questions per serve run")
     ap.add_argument("--queries", type=int, default=12, help="gate queries per length (the first 2 are warm-up)")
+    ap.add_argument("--threads", type=int, default=0, help="[model] threads for in-process engines (0 = config)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--remote-url", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -421,11 +424,13 @@ def main() -> int:
             from kbgate.provision import fetch_gguf
             print(json.dumps(raw_llamacpp(fetch_gguf(load_config()))))
         else:
-            print(json.dumps(measure(args.one, config_for(args.one, args.remote_url)[0], args.accuracy,
+            print(json.dumps(measure(args.one, config_for(args.one, args.remote_url, args.threads)[0], args.accuracy,
                                      args.queries)))
         return 0
     from kbgate.config import load_config
     from kbgate.provision import fetch_gguf
+    global THREADS
+    THREADS = args.threads
     labels = [x.strip() for x in args.engines.split(",") if x.strip()]
     results, serve_runs = {}, {}
     index_dir = None
