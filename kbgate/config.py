@@ -38,7 +38,7 @@ class ModelConfig:
     n_batch: int = _f(512, "llamacpp: prompt tokens evaluated per llama_decode call")
     attention: str = _f("eager", "transformers: attention kernel: eager measured faster than sdpa here for a short "
                                  "query over a long cached prefix (gate p50 180 vs 189 ms, p95 203 vs 250 ms)")
-    name: str = _f("Qwen2.5-Coder-0.5B-Instruct (Q4_K_M)", "model name shown to users and in /v1/models")
+    name: str = _f("", "model name shown to users and in /v1/models; empty = the bundle's name or the model file's")
 
 
 @dataclass(frozen=True)

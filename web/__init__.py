@@ -88,6 +88,10 @@ def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
         if st.services is None:
             return error_json("not_ready", str(NotReady("models and index are still loading")) if not st.error
                               else f"models failed to load: {st.error}", 503, 5)
+        health = getattr(st.services.engine, "health", None)  # a remote engine can die after start
+        down = health() if health else None
+        if down:
+            return error_json("engine_unavailable", f"the model engine is not answering: {down}", 503, 10)
         return {"status": "ready", "model": st.services.model_info()}
 
     @app.errorhandler(KBGateError)
