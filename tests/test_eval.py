@@ -12,8 +12,8 @@ from kbgate.eval.answers import evaluate_answers, http_runner, judge, local_runn
 from kbgate.eval.gate import evaluate_gate, gate_report
 
 WIFI = "Wi-Fi 又断了，烦死了"
-STEPS = ("网络断线确实烦人。\n1. 先看 #it-status 频道是否有正在处理的网络故障公告 [2]。\n"
-         "2. 在电脑上“忘记” Acme-Guest 和 Acme-BYOD 网络，公司电脑只保留 Acme-Corp [2]。")
+STEPS = ("网络断线确实烦人。\n1. 先看 #it-status 频道是否有正在处理的网络故障公告 [{fix}]。\n"
+         "2. 在电脑上“忘记” Acme-Guest 和 Acme-BYOD 网络，公司电脑只保留 Acme-Corp [{fix}]。")
 
 
 def write(tmp_path, name, lines):
@@ -101,7 +101,10 @@ def test_answer_verdicts_through_the_pipeline_and_the_http_api_agree(make_servic
     from web import create_app
     from web.server import serve_in_thread, stop
 
-    s = make_services(STEPS, gate={"negative_threshold": 0.0}, answer={"verify_citations": True, "min_score": 0.0})
+    from test_troubleshoot import passage_numbers
+
+    s = make_services(STEPS.format(**passage_numbers(make_services)), gate={"negative_threshold": 0.0},
+                      answer={"verify_citations": True, "min_score": 0.0})
     local = evaluate_answers(local_runner(s), ROWS, progress=False)
     by_id = {v["id"]: v for v in local["queries"]}
     assert by_id["f1"]["ok"] and by_id["f1"]["fix_steps"] == 2 and by_id["f1"]["right_page"]
