@@ -105,7 +105,9 @@ def evil_services(tmp_path, hash_embedder):
     from kbgate.service import build
     from fake_engine import FakeEngine
 
-    cfg = load_config().replace(gate={"negative_threshold": 1.01}, answer={"min_score": 0.0})
+    # grounding off: the model's HTML must reach the page as written (a reply can pass grounding and still
+    # carry markup; the page's escaping is what is under test here)
+    cfg = load_config().replace(gate={"negative_threshold": 1.01}, answer={"min_score": 0.0, "verify_citations": False})
     kb = write_kb(tmp_path / "kb", {**SMALL_KB, "evil/page.md": EVIL_PAGE})
     build_index(cfg, kb, tmp_path / "index", hash_embedder, progress=False)
     retriever = Retriever(load_index(tmp_path / "index", hash_embedder), hash_embedder, cfg.retrieval)
