@@ -63,8 +63,7 @@ def _embed_all(retriever: Retriever, texts: list[str]) -> list[dict]:
 def score(retriever: Retriever, queries: list[dict], cands: list[dict], weights=None, k: int = 5,
           rrf_k: float | None = None) -> dict:
     """recall@k / MRR@k / recall@1 per language and "all" for one weighting (None: the configured hybrid)."""
-    ranks: dict[str, list[int | None]] = {}
-    misses = []
+    found = []
     for q, cand in zip(queries, cands):
         w, rk, _ = retriever.weights(q["query"])
         if weights is not None:
@@ -72,7 +71,15 @@ def score(retriever: Retriever, queries: list[dict], cands: list[dict], weights=
         if rrf_k is not None:
             rk = rrf_k
         order, _, rep = retriever.fuse(cand, w, rk)
-        pages = list(dict.fromkeys(retriever.index.chunks[rep[key]].page for key in order[:k]))
+        found.append(list(dict.fromkeys(retriever.index.chunks[rep[key]].page for key in order[:k])))
+    return _summary(queries, found)
+
+
+def _summary(queries: list[dict], found: list[list[str]]) -> dict:
+    """{lang or "all": {"recall", "mrr", "r1", "n"}, "misses": [(query, expected, pages)]} from the pages found per query."""
+    ranks: dict[str, list[int | None]] = {}
+    misses = []
+    for q, pages in zip(queries, found):
         rank = _rank(pages, q)
         ranks.setdefault(q.get("lang", "all"), []).append(rank)
         if rank is None:
@@ -100,19 +107,7 @@ def recall_at_k(retriever: Retriever, queries: list[dict], k: int = 5) -> dict:
     misses: (query, expected page, pages returned) for each query whose page is not in the top k.
     """
     results = retriever.search_many([q["query"] for q in queries], k)
-    ranks: dict[str, list[int | None]] = {}
-    misses = []
-    for q, hits in zip(queries, results):
-        pages = list(dict.fromkeys(h.page for h in hits))
-        rank = _rank(pages, q)
-        ranks.setdefault(q.get("lang", "all"), []).append(rank)
-        if rank is None:
-            misses.append((q["query"], q.get("page") or "|".join(q["pages"]), pages))
-    ranks["all"] = [r for lang in sorted(ranks) for r in ranks[lang]]
-    out: dict = {lang: {"recall": _mean([r is not None for r in rs]), "mrr": _mean([1 / r if r else 0.0 for r in rs]),
-                        "r1": _mean([r == 1 for r in rs]), "n": len(rs)} for lang, rs in ranks.items()}
-    out["misses"] = misses
-    return out
+    return _summary(queries, [list(dict.fromkeys(h.page for h in hits)) for hits in results])
 
 
 def compare(retriever: Retriever, queries: list[dict], k: int = 5) -> dict:
