@@ -100,19 +100,21 @@ def sentiment(file):
 @click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
 def ask(query, index_dir, as_json):
-    """Answer QUERY: gate, route, retrieval, grounded answer (streams to the terminal)."""
+    """Answer QUERY: gate, route, retrieval, grounded answer.
+
+    The model's reply streams to stderr as it is decoded (provisional); stdout gets the
+    final answer, the same text as /api/search's `answer`, then its sources.
+    """
     from kbgate.service import load_services
 
     cfg = _cfg()
-    streamed = ""
     try:
         services = load_services(cfg, index_dir)
         for kind, data in services.pipeline.ask(query, stream=True):
             if kind == "sentiment" and not as_json:
                 click.echo(f"[{data['label']} {data['confidence']:.2f}]", err=True)
             elif kind == "token" and not as_json:
-                streamed += data
-                click.echo(data, nl=False)
+                click.echo(data, nl=False, err=True)
             elif kind == "done":
                 result = data.as_dict()
     except KBGateError as e:
@@ -120,9 +122,8 @@ def ask(query, index_dir, as_json):
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
         return
-    if result["answer"].strip() != streamed.strip():
-        # the grounding check added citations, or turned the reply into "no answer"
-        click.echo(("\n\n--- " if streamed else "") + result["answer"])
+    click.echo("\n", err=True)
+    click.echo(result["answer"])
     click.echo("")
     for s in result["sources"] or result["suggestions"]:
         click.echo(f"[{s['n']}] {s['title']} › {s['heading']}  {s['url']}")

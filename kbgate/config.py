@@ -124,9 +124,13 @@ class EscalationConfig:
 class ServerConfig:
     host: str = _f("127.0.0.1", "listen address")
     port: int = _f(8080, "listen port")
-    threads: int = _f(8, "WSGI worker threads")
+    threads: int = _f(16, "WSGI worker threads (raised to engine_slots + max_pending + 4 so refusals never wait)")
     max_body_bytes: int = _f(65536, "larger request bodies get 413")
-    max_pending: int = _f(8, "queued model jobs before 429/503 with Retry-After")
+    engine_slots: int = _f(2, "requests on the model at once (their decode steps interleave; a gate call slips "
+                              "between an answer's steps)")
+    max_pending: int = _f(8, "requests waiting for a slot; one more is refused at once with 503 and Retry-After")
+    deadline_s: float = _f(60.0, "a request whose expected wait plus expected work exceeds this is refused at once "
+                                 "(503, Retry-After); one still queued when it can no longer make it gives up")
     wiki_base_url: str = _f("http://127.0.0.1:8080", "public base URL used in source links (Slack, API)")
 
 

@@ -6,11 +6,12 @@
 """
 from __future__ import annotations
 
-import threading
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
+from kbgate.admission import Admission, Cancelled, Ticket
 from kbgate.answer import Assistant
 from kbgate.grounding import (Passage, attribute, citations, copies_example, count_steps, drop_copied, drop_echo,
                               drop_passage_headers, fix_steps, is_fix, message, quoted_steps_reply, with_ack,
@@ -18,7 +19,6 @@ from kbgate.grounding import (Passage, attribute, citations, copies_example, cou
 from kbgate.quotes import check_values, quote_verdict
 from kbgate.retrieval import is_steps_section
 from kbgate.config import Config
-from kbgate.errors import Busy
 from kbgate.gate import SentimentGate
 from kbgate.engine import Finish
 from kbgate.text import check_query, language
@@ -47,10 +47,11 @@ class Result:
     sentiment: dict  # {"label", "confidence", "kind", "probs"}
     route: str  # "answer" | "troubleshooting" | "no_answer"
     reason: str
-    answer: str
+    answer: str  # the final text every front end ends with (it ends with escalation["text"] when set)
     sources: list[Source] = field(default_factory=list)
     suggestions: list[Source] = field(default_factory=list)
     timings_ms: dict = field(default_factory=dict)
+    escalation: dict | None = None  # {"contact", "url", "text"}: the human to reach, for front ends to render once
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -58,7 +59,11 @@ class Result:
 
 class Events:
     """The event stream of one query, already started: admission (Busy) and the gate ran
-    when it was made. Closing it (or dropping it) frees the job slot."""
+    when it was made. Closing it (or dropping it) frees the job slot.
+
+    "token" events are the model's reply as it is decoded: provisional. The final text is
+    `done`'s `answer` (grounding may move citations, drop sentences or quote the wiki's steps).
+    """
 
     def __init__(self, gen: Iterator[tuple[str, object]]):
         self._gen = gen
@@ -80,19 +85,17 @@ def _snippet(text: str, n: int = 240) -> str:
 
 
 class Pipeline:
-    """Owns the gate, the retriever and the assistant; bounded by `server.max_pending` jobs."""
+    """Owns the gate, the retriever and the assistant; every model job passes `admission`."""
 
     def __init__(self, cfg: Config, gate: SentimentGate, retriever, assistant: Assistant):
         self.cfg, self.gate, self.retriever, self.assistant = cfg, gate, retriever, assistant
-        self._slots = threading.BoundedSemaphore(cfg.server.max_pending)
+        s = cfg.server  # max_pending bounds everything admitted; engine_slots of it run at once
+        slots = min(s.engine_slots, s.max_pending)
+        self.admission = Admission(slots, s.max_pending - slots, s.deadline_s)
 
-    def admit(self):
-        """Take a job slot or raise Busy (the caller releases it with `release`)."""
-        if not self._slots.acquire(blocking=False):
-            raise Busy(f"{self.cfg.server.max_pending} requests are already being answered; retry shortly")
-
-    def release(self):
-        self._slots.release()
+    def admit(self, kind: str = "search", cancelled: Callable[[], bool] | None = None) -> Ticket:
+        """A job slot (release it, or use it as a context manager), or Busy at once."""
+        return self.admission.enter(kind, cancelled)
 
     def url(self, page: str, anchor: str = "") -> str:
         base = self.cfg.server.wiki_base_url.rstrip("/")
@@ -108,10 +111,13 @@ class Pipeline:
                       self.retriever.section_text(h))
 
     def ask(self, query: str, *, stream: bool = False, k: int | None = None, tags=None,
-            max_new_tokens: int | None = None):
-        """Answer one query: a Result, or with stream=True an iterator of (event, data)."""
+            max_new_tokens: int | None = None, cancelled: Callable[[], bool] | None = None):
+        """Answer one query: a Result, or with stream=True an iterator of (event, data).
+
+        `cancelled()` true (the client is gone) stops the work between decode steps with Cancelled.
+        """
         query = check_query(query, self.cfg.gate.max_query_chars)
-        events = Events(self._run(query, k or self.cfg.retrieval.k, tags, max_new_tokens))
+        events = Events(self._run(query, k or self.cfg.retrieval.k, tags, max_new_tokens, cancelled))
         if stream:
             return events
         for kind, data in events:
@@ -119,14 +125,15 @@ class Pipeline:
                 return data
         raise RuntimeError("pipeline ended without a result")
 
-    def _run(self, query: str, k: int, tags, max_new_tokens) -> Iterator[tuple[str, object]]:
-        self.admit()
-        try:
-            yield from self._stages(query, k, tags, max_new_tokens)
-        finally:
-            self.release()
+    def _run(self, query: str, k: int, tags, max_new_tokens, cancelled) -> Iterator[tuple[str, object]]:
+        with self.admit("search", cancelled) as ticket:
+            try:
+                yield from self._stages(query, k, tags, max_new_tokens, cancelled or (lambda: False))
+            except (Cancelled, GeneratorExit):
+                ticket.record = False  # cut short: its duration would skew the expected wait
+                raise
 
-    def _stages(self, query: str, k: int, tags, max_new_tokens) -> Iterator[tuple[str, object]]:
+    def _stages(self, query: str, k: int, tags, max_new_tokens, cancelled) -> Iterator[tuple[str, object]]:
         t0 = time.perf_counter()
         ms = lambda: round((time.perf_counter() - t0) * 1000, 1)  # noqa: E731
         timings: dict = {}
@@ -139,6 +146,8 @@ class Pipeline:
         route = "troubleshooting" if trouble else "answer"
         reason = (f"negative with confidence {s.probs['negative']:.2f} ≥ {self.cfg.gate.negative_threshold}"
                   if trouble else f"{s.label} ({s.confidence:.2f}): not confidently negative")
+        if cancelled():
+            raise Cancelled("the client went away")
         t_r = time.perf_counter()
         hits = self.search(query, max(k, self.cfg.answer.passages), troubleshooting=trouble, tags=tags)
         timings["retrieval"] = round((time.perf_counter() - t_r) * 1000, 1)
@@ -154,13 +163,16 @@ class Pipeline:
         role = "troubleshoot" if trouble else "answer"
         text, first = "", None
         given = [Passage(p.n, p.title, p.heading, p.text, p.page) for p in passages]
-        for piece in self.assistant.stream(role, query, given, max_new_tokens):
-            if isinstance(piece, Finish):
-                break
-            if first is None:
-                first = timings["first_token"] = ms()
-            text += piece
-            yield "token", piece
+        with closing(self.assistant.stream(role, query, given, max_new_tokens)) as pieces:
+            for piece in pieces:
+                if isinstance(piece, Finish):
+                    break
+                if cancelled():  # between decode steps: closing the stream stops the engine
+                    raise Cancelled("the client went away")
+                if first is None:
+                    first = timings["first_token"] = ms()
+                text += piece
+                yield "token", piece
         # keep the model's [n] where its passage supports the sentence; cite what else a passage supports
         text, cited = attribute(drop_passage_headers(text), given, verify=self.cfg.answer.verify_citations)
         if cited and self.cfg.answer.verify_citations:
@@ -182,13 +194,19 @@ class Pipeline:
             return
         for p in passages:
             p.cited = p.n in cited
-        if trouble:
-            tail = "\n\n" + self.assistant.escalation_text(lang)
-            text += tail
-            yield "token", tail
+        text, escalation = self._escalate(text, lang, trouble, after_steps=True)
         timings.setdefault("first_token", None)
         timings["total"] = ms()
-        yield "done", Result(query, sentiment, route, reason, text.strip(), passages, [], timings)
+        yield "done", Result(query, sentiment, route, reason, text, passages, [], timings, escalation)
+
+    def _escalate(self, text: str, lang: str, trouble: bool, after_steps: bool) -> tuple[str, dict | None]:
+        """The final text and, on the troubleshooting route, the contact it ends with (as a field too)."""
+        text = text.strip()
+        if not trouble:
+            return text, None
+        line = self.assistant.escalation_text(lang, after_steps=after_steps)
+        esc = self.cfg.escalation
+        return f"{text}\n\n{line}", {"contact": esc.contact, "url": esc.url, "text": line}
 
     def _check(self, text: str, given: list[Passage], query: str, lang: str, trouble: bool):
         """Values the cited passage lacks, and yes/no verdicts, give way to the passage's own line."""
@@ -249,8 +267,7 @@ class Pipeline:
         suggestions = [h for h in hits if not (h.page in seen or seen.add(h.page))][:3]  # best chunk per page
         if suggestions:
             text += "\n" + message("suggest", lang) + " " + "; ".join(h.title for h in suggestions)
-        if trouble:
-            text += "\n\n" + self.assistant.escalation_text(lang, after_steps=False)
+        text, escalation = self._escalate(text, lang, trouble, after_steps=False)
         timings.setdefault("first_token", None)
         timings["total"] = ms()
-        yield "done", Result(query, sentiment, "no_answer", why, text, [], suggestions, timings)
+        yield "done", Result(query, sentiment, "no_answer", why, text, [], suggestions, timings, escalation)

@@ -137,13 +137,13 @@ def test_failed_load_is_reported_not_hidden(services):
 def test_full_queue_is_503_with_retry_after(make_services):
     s = make_services(ANSWER, server={"max_pending": 1}, **ANSWER_ROUTE)
     client = create_app(s.cfg, services=s).test_client()
-    s.pipeline.admit()  # another request holds the only slot
+    ticket = s.pipeline.admit()  # another request holds the only slot
     try:
         for r in (post(client, "/api/search", {"query": "vpn"}), post(client, "/api/search?stream=1", {"query": "vpn"}),
                   post(client, "/api/sentiment", {"texts": ["vpn"]})):
-            assert r.status_code == 503 and r.headers["Retry-After"] == "5" and r.get_json()["error"]["code"] == "busy"
+            assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1 and r.get_json()["error"]["code"] == "busy"
     finally:
-        s.pipeline.release()
+        ticket.release()
     assert post(client, "/api/search", {"query": "vpn"}).status_code == 200
 
 

@@ -305,6 +305,8 @@ def test_troubleshooting_route_shows_the_escalation_contact(slack_app, sink):
     cfg = load_config()
     assert escalation == [f"🆘 *Still stuck?* Contact {sb.escape(cfg.escalation.contact)}, "
                           f"or <{cfg.escalation.url}|open a ticket>."]
+    shown = "\n".join(sections(msg))  # the final text ends with the contact too: Slack shows it once
+    assert shown.count(sb.escape(cfg.escalation.contact)) == 1 and shown.count(cfg.escalation.url) == 1
 
 
 def test_no_answer_lists_the_closest_pages(slack_app, sink):

@@ -11,7 +11,6 @@ import requests
 from click.testing import CliRunner
 
 from kbgate.config import load_config
-from kbgate.errors import Busy
 from test_slack import (ANSWER, ANSWER_ROUTE, LINK, ask, assert_valid_blocks, sections, secret, signed,  # noqa: F401
                         sink, slash_body, source_links)
 from web import create_app
@@ -29,22 +28,13 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_idle(pipeline, slots: int, timeout: float = 30.0):
-    """Wait until no job holds a pipeline slot, so closing the server cuts no answer off mid-write."""
+def wait_idle(pipeline, timeout: float = 30.0):
+    """Wait until no job holds or waits for a pipeline slot, so closing the server cuts no answer off."""
     deadline = time.monotonic() + timeout
-    while True:
-        taken = 0
-        try:
-            for _ in range(slots):
-                pipeline.admit()
-                taken += 1
+    while time.monotonic() < deadline:
+        st = pipeline.admission.status()
+        if st["running"] == st["waiting"] == 0:
             return
-        except Busy:
-            if time.monotonic() > deadline:
-                return
-        finally:
-            for _ in range(taken):
-                pipeline.release()
         time.sleep(0.1)
 
 
@@ -61,7 +51,7 @@ def upstream(make_services):
 
     yield make
     for server, services in running:
-        wait_idle(services.pipeline, services.cfg.server.max_pending)
+        wait_idle(services.pipeline)
         server.close()
 
 

@@ -64,7 +64,7 @@ def test_a_client_that_leaves_frees_its_slot_and_stops_generation(served):
             if kind == "token":
                 break
         busy = requests.post(f"{url}/api/search", json={"query": "VPN"}, timeout=30)
-        assert busy.status_code == 503 and busy.headers["Retry-After"] == "5"
+        assert busy.status_code == 503 and int(busy.headers["Retry-After"]) >= 1
     deadline = time.monotonic() + 10  # the server notices at its next write
     while time.monotonic() < deadline:
         with requests.post(f"{url}/api/sentiment", json={"texts": ["VPN"]}, timeout=30) as again:

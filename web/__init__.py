@@ -53,6 +53,16 @@ def state() -> State:
     return current_app.extensions["kbgate"]
 
 
+def client_gone():
+    """A callable that is true once this request's client has closed its connection.
+
+    waitress provides it (with `channel_request_lookahead` > 0, as web.server sets); other
+    servers and the test client do not, and then a gone client is noticed at the next write.
+    Take it inside the request: a streamed body runs after the request context has ended.
+    """
+    return request.environ.get("waitress.client_disconnected") or (lambda: False)
+
+
 def error_json(code: str, message: str, status: int, retry_after: int | None = None):
     resp = jsonify({"error": {"code": code, "message": message}})
     resp.status_code = status

@@ -19,7 +19,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from kbgate.errors import BadInput, IndexUnavailable, KBGateError, TooLarge
 from kbgate.text import check_query
-from web import state
+from web import client_gone, state
 from web.render import docs_href, render_answer
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -92,7 +92,7 @@ def search():
     if wants_stream(body):
         return event_stream(query, k, tags)
     services = state().get()
-    return jsonify(result_body(services.pipeline.ask(query, k=k, tags=tags), services))
+    return jsonify(result_body(services.pipeline.ask(query, k=k, tags=tags, cancelled=client_gone()), services))
 
 
 @bp.post("/search/stream")
@@ -110,7 +110,7 @@ def sse(kind: str, data) -> str:
 
 def event_stream(query, k, tags) -> Response:
     services = state().get()
-    events = services.pipeline.ask(query, stream=True, k=k, tags=tags)  # BadInput / TooLarge here
+    events = services.pipeline.ask(query, stream=True, k=k, tags=tags, cancelled=client_gone())  # BadInput here
     first = next(events)  # takes a job slot: Busy here is still a 503 with Retry-After
 
     def body():
@@ -144,11 +144,8 @@ def sentiment():
         raise TooLarge(f"texts has {len(texts)} items; at most {limit} per request")
     cleaned = [check_query(t, cfg.gate.max_query_chars, field=f"texts[{i}]") for i, t in enumerate(texts)]
     t0 = time.perf_counter()
-    services.pipeline.admit()  # shares the model queue with search: Busy when it is full
-    try:
+    with services.pipeline.admit("sentiment", client_gone()):  # the model queue search uses: Busy when full
         labels = services.gate.classify(cleaned)
-    finally:
-        services.pipeline.release()
     return {"results": [s.as_dict() for s in labels],
             "timings_ms": {"total": round((time.perf_counter() - t0) * 1000, 1)},
             "model": services.model_info()}

@@ -7,6 +7,12 @@ extra `kbgate` field). Each task is a generator of text pieces ending in one
 `Outcome`; it is advanced once before the response starts, so validation errors
 and a full queue (429) are still proper HTTP errors. Errors are OpenAI-shaped.
 
+Task "search" streams no provisional text: the pipeline rewrites the model's reply
+once it is complete (citations moved, ungrounded sentences dropped, the wiki's steps
+quoted, the contact appended), and a delta cannot be taken back, so the stream sends
+the role chunk at once and the final text in one delta when it is decided. A client
+that concatenates the deltas ends with exactly the `answer` of /api/search.
+
 Not handled: tools/function calling, logprobs, images, `n` > 1. Task "search"
 answers the last user message alone, with the pipeline's own generation
 settings (sampling fields are validated but only "chat" uses them).
@@ -24,11 +30,12 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from kbgate.admission import Cancelled
 from kbgate.grounding import Passage
 from kbgate.errors import Busy, KBGateError, NotFound, NotReady
 from kbgate.engine import Finish
 from kbgate.text import language
-from web import state
+from web import client_gone, state
 from web.openai_schema import (DONE, LABEL_WORDS, ChatRequest, chunk, completion, decode_body, error_body,
                                invalid, new_id, parse_request, sse, usage)
 
@@ -130,8 +137,8 @@ def _chat(services, req: ChatRequest):
     if n > cap:
         raise invalid(f"the conversation is {n:,} tokens; the limit is {cap:,}", "messages",
                       "context_length_exceeded")
-    services.pipeline.admit()
-    try:
+    gone = client_gone()
+    with services.pipeline.admit("chat", gone) as ticket:
         yield None  # admitted; from here on errors happen mid-response
         gen = services.engine.stream(messages, max_tokens=req.max_tokens, temperature=req.temperature,
                                      top_p=req.top_p, stop=req.stop, seed=req.seed)
@@ -140,40 +147,29 @@ def _chat(services, req: ChatRequest):
                 if isinstance(piece, Finish):
                     yield Outcome(piece.reason, usage(piece.prompt_tokens, piece.completion_tokens))
                     return
+                if gone():  # between decode steps, also when nothing is written (non-stream)
+                    ticket.record = False
+                    raise Cancelled("the client went away")
                 yield piece
-    finally:
-        services.pipeline.release()
 
 
 def _sentiment(services, req: ChatRequest):
-    services.pipeline.admit()
-    try:
+    with services.pipeline.admit("sentiment", client_gone()):
         s = services.gate.classify([req.query])[0]
-    finally:
-        services.pipeline.release()
     yield None
     yield LABEL_WORDS[req.language or language(req.query)][s.label]
     yield Outcome("stop", usage(services.gate.prompt_tokens(req.query), 1), {"sentiment": s.as_dict()})
 
 
 def _search(services, req: ChatRequest):
-    events = services.pipeline.ask(req.query, stream=True)  # refuses a bad query here
+    events = services.pipeline.ask(req.query, stream=True, cancelled=client_gone())  # refuses a bad query here
     with closing(events):  # closing it frees the pipeline's slot
         next(events)  # takes a slot (or raises Busy) and runs the gate
         yield None
-        sent, result = "", None
-        for kind, data in events:
-            if kind == "token" and req.stream:
-                sent += data
-                yield data
-            elif kind == "done":
-                result = data
-    if result.route == "no_answer" or not req.stream:
-        # a no_answer arrives only in `done`; text already streamed (an uncited reply) stays before it
-        tail = ("\n\n" if sent.strip() else "") + result.answer
-        sent += tail
-        yield tail
-    yield Outcome("stop", _search_usage(services, result, sent), _kbgate(result))
+        # the model's tokens are provisional (see the module docstring): only the final text is sent
+        result = next(data for kind, data in events if kind == "done")
+    yield result.answer
+    yield Outcome("stop", _search_usage(services, result, result.answer), _kbgate(result))
 
 
 def _search_usage(services, result, content: str) -> dict:
@@ -188,7 +184,7 @@ def _search_usage(services, result, content: str) -> dict:
 
 def _kbgate(result) -> dict:
     d = result.as_dict()
-    return {k: d[k] for k in ("route", "reason", "sentiment", "sources", "suggestions", "timings_ms")}
+    return {k: d[k] for k in ("route", "reason", "sentiment", "sources", "suggestions", "timings_ms", "escalation")}
 
 
 TASKS = {"chat": _chat, "sentiment": _sentiment, "search": _search}

@@ -11,12 +11,22 @@ from web import create_app
 
 # waitress (3.x) hands every chunk the app yields to the socket as it comes (send_bytes=1 is
 # its default), so SSE tokens reach the client as they are generated; tests check it.
-WAITRESS = {"channel_timeout": 300, "connection_limit": 200, "ident": "kbgate"}
+# channel_request_lookahead > 0 keeps reading the socket while a request runs, so waitress sees a
+# client hang up and `environ["waitress.client_disconnected"]()` turns true (web.client_gone).
+WAITRESS = {"channel_timeout": 300, "connection_limit": 200, "ident": "kbgate", "channel_request_lookahead": 1}
+SPARE_THREADS = 4  # beyond everything admission lets in: refusals, /healthz and pages never wait for a thread
+
+
+def threads_for(app, threads: int) -> int:
+    """Enough WSGI threads that the admission queue, not waitress, is where requests wait."""
+    st = app.extensions.get("kbgate")
+    admitted = st.cfg.server.max_pending if st is not None else 0
+    return max(threads, admitted + SPARE_THREADS)
 
 
 def make_server(app, host: str = "127.0.0.1", port: int = 0, threads: int = 8):
     """A waitress server bound now (port 0 = any free port; see `.effective_port`)."""
-    return create_server(app, host=host, port=port, threads=threads, **WAITRESS)
+    return create_server(app, host=host, port=port, threads=threads_for(app, threads), **WAITRESS)
 
 
 def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = 8):

@@ -118,7 +118,12 @@ def _context(title: str, sources: list[dict]) -> dict:
 
 
 def answer_message(result: dict, *, contact: str, ticket_url: str, public: bool = False) -> dict:
-    """The message for one pipeline result (`Result.as_dict()` or /api/search JSON)."""
+    """The message for one pipeline result (`Result.as_dict()` or /api/search JSON).
+
+    The answer's sections are the final text without its closing contact line, which is
+    rendered once as the 🆘 section from `result["escalation"]` (`contact`/`ticket_url` stand in
+    for an upstream that predates that field). The notification `text` is the whole final text.
+    """
     query, answer, route = result.get("query") or "?", result.get("answer") or "", result.get("route", "")
     lang = language(query)
     sentiment = result.get("sentiment") or {}
@@ -127,7 +132,11 @@ def answer_message(result: dict, *, contact: str, ticket_url: str, public: bool 
     head = [{"type": "header", "text": {"type": "plain_text", "text": fit(query, HEADER_CHARS), "emoji": True}},
             _section(status)]
     tail = []
-    if route == "troubleshooting":
+    esc = result.get("escalation")
+    if esc:  # the final text ends with the contact; here it is shown once, as its own section
+        answer = answer.removesuffix(esc.get("text") or "").rstrip()
+        contact, ticket_url = esc.get("contact") or contact, esc.get("url") or ticket_url
+    if esc or ("escalation" not in result and route == "troubleshooting"):  # an upstream without the field
         ticket = link(ticket_url, say("ticket", lang))
         tail.append(_section(say("escalate", lang, contact=escape(contact), ticket=ticket)))
     if result.get("sources"):
@@ -140,5 +149,5 @@ def answer_message(result: dict, *, contact: str, ticket_url: str, public: bool 
         body = body[:room]
         body[-1] = body[-1][: _safe_cut(body[-1], SECTION_CHARS - 2)].rstrip() + " …"
     return {"response_type": "in_channel" if public else "ephemeral",
-            "text": fit(f"{query}\n{answer}", FALLBACK_CHARS),
+            "text": fit(f"{query}\n{result.get('answer') or ''}", FALLBACK_CHARS),  # the final text, contact and all
             "blocks": head + [_section(p) for p in body] + tail}

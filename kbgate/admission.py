@@ -1,0 +1,133 @@
+"""Admission in front of the engine: a few slots, a bounded FIFO queue, a deadline, refusals at once.
+
+`Admission.enter(kind, cancelled)` returns a `Ticket` (a context manager) once the
+request holds a slot, or raises `Busy` (503 with Retry-After) straight away when the
+queue is full or the expected wait plus the expected work of this kind would pass
+the deadline. A queued request gives up its place when its client is gone
+(`cancelled()` is polled while it waits) or when it can no longer finish in time.
+Expected work per kind ("search", "sentiment", "chat") is a moving average of the
+measured durations, so the estimate follows the machine it runs on.
+
+Not handled: fairness between callers (one FIFO for everyone), several processes
+(each holds its own queue).
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from typing import Callable
+
+from kbgate.errors import Busy, KBGateError
+
+POLL_S = 0.1  # how often a waiting request checks whether its client is still there
+FIRST_GUESS_S = {"search": 10.0, "chat": 10.0, "sentiment": 0.5}  # until a kind has been measured
+
+
+class Cancelled(KBGateError):
+    """The client went away; its work stopped and its slot was freed (nobody reads this)."""
+    status = 499
+    code = "client_closed_request"
+
+
+class Ticket:
+    """A held slot: leaving the `with` block (or `release()`) frees it and records the duration."""
+
+    def __init__(self, owner: "Admission", kind: str):
+        self.owner, self.kind, self.start, self._done = owner, kind, owner.clock(), False
+        self.record = True  # False for work cut short (a client gone): its duration says nothing
+
+    def release(self) -> None:
+        if not self._done:
+            self._done = True
+            self.owner._leave(self)
+
+    def __enter__(self) -> "Ticket":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class Admission:
+    """`slots` requests on the engine at once, at most `queue` waiting, each within `deadline_s`."""
+
+    def __init__(self, slots: int, queue: int, deadline_s: float, clock: Callable[[], float] = time.monotonic):
+        self.slots, self.queue, self.deadline_s, self.clock = max(0, slots), max(0, queue), deadline_s, clock
+        self._cond = threading.Condition()
+        self._running: list[Ticket] = []
+        self._waiting: deque = deque()  # (kind, entered) of the queued requests, oldest first
+        self._mean: dict[str, float] = dict(FIRST_GUESS_S)
+        self._measured: set[str] = set()  # kinds whose mean is measured, not FIRST_GUESS_S
+        self.refused = 0  # for tests and /readyz
+
+    # ---- estimates ------------------------------------------------------------------
+    def expected(self, kind: str) -> float:
+        """Seconds a request of `kind` has taken lately."""
+        return self._mean.get(kind, FIRST_GUESS_S["search"])
+
+    def expected_wait(self) -> float:
+        """Seconds until a request arriving now would get a slot (call with the lock held)."""
+        if len(self._running) < self.slots and not self._waiting:
+            return 0.0
+        now = self.clock()
+        left = sum(max(0.0, self.expected(t.kind) - (now - t.start)) for t in self._running)
+        left += sum(self.expected(kind) for kind, _ in self._waiting)
+        return left / max(1, self.slots)
+
+    def status(self) -> dict:
+        with self._cond:
+            return {"running": len(self._running), "waiting": len(self._waiting), "slots": self.slots,
+                    "queue": self.queue, "expected_wait_s": round(self.expected_wait(), 2), "refused": self.refused}
+
+    # ---- entering and leaving ---------------------------------------------------------
+    def _refuse(self, why: str, wait: float) -> Busy:
+        self.refused += 1
+        return Busy(f"{why}; retry shortly", retry_after=max(1, math.ceil(wait)))
+
+    def enter(self, kind: str, cancelled: Callable[[], bool] | None = None) -> Ticket:
+        """A slot for one request of `kind`, or Busy at once; Cancelled if the client leaves while queued."""
+        with self._cond:
+            free = len(self._running) < self.slots and not self._waiting
+            if not free and len(self._waiting) >= self.queue:
+                raise self._refuse(f"{self.slots + self.queue} requests are already being answered or queued",
+                                   self.expected_wait() or self.expected(kind))
+            wait, work = self.expected_wait(), self.expected(kind)
+            if wait + work > self.deadline_s and not free:
+                raise self._refuse(f"the expected wait ({wait:.0f} s) and answer ({work:.0f} s) exceed the "
+                                   f"{self.deadline_s:g} s deadline", wait)
+            if free:
+                return self._take(kind)
+            me = (kind, self.clock())
+            self._waiting.append(me)
+            give_up_at = me[1] + max(0.0, self.deadline_s - work)
+            try:
+                while not (self._waiting[0] is me and len(self._running) < self.slots):
+                    if cancelled is not None and cancelled():
+                        raise Cancelled("the client went away while queued")
+                    left = give_up_at - self.clock()
+                    if left <= 0:
+                        raise self._refuse("the queue did not move fast enough to answer within the deadline",
+                                           self.expected_wait())
+                    self._cond.wait(min(POLL_S, left))
+            except BaseException:
+                self._waiting.remove(me)
+                self._cond.notify_all()  # the next one in line may now be at the head
+                raise
+            self._waiting.popleft()
+            return self._take(kind)
+
+    def _take(self, kind: str) -> Ticket:
+        t = Ticket(self, kind)
+        self._running.append(t)
+        return t
+
+    def _leave(self, t: Ticket) -> None:
+        took = self.clock() - t.start
+        with self._cond:
+            self._running.remove(t)
+            if t.record:
+                self._mean[t.kind] = 0.7 * self._mean[t.kind] + 0.3 * took if t.kind in self._measured else took
+                self._measured.add(t.kind)
+            self._cond.notify_all()
