@@ -102,7 +102,7 @@ def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
         down = health() if health else None
         if down:
             return error_json("engine_unavailable", f"the model engine is not answering: {down}", 503, 10)
-        return {"status": "ready", "model": st.services.model_info()}
+        return {"status": "ready", "model": st.services.model_info(), "admission": st.services.pipeline.admission.status()}
 
     @app.errorhandler(KBGateError)
     def domain_error(e: KBGateError):

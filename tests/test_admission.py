@@ -1,0 +1,167 @@
+"""Admission that sheds load: a bounded queue in front of the engine, refusals at once with Retry-After,
+and a client that leaves frees its slot (the queue alone, then through waitress with a slowed fake engine)."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from kbgate.admission import Admission, Cancelled
+from kbgate.errors import Busy
+from web import create_app
+from web.server import serve_in_thread
+
+SLOW = "".join(f"第{i}步，按页面操作 [1]。" for i in range(1, 21))  # 74 scripted tokens
+DELAY = 0.05  # seconds per token: one answer takes ~3.7 s
+ROUTE = {"gate": {"negative_threshold": 1.01}, "answer": {"min_score": 0.0, "max_new_tokens": 200}}
+
+
+def hold(adm: Admission, kind: str = "search", cancelled=None):
+    """Enter `adm` from a thread; return (thread, box) where box gets the ticket or the error."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["ticket"] = adm.enter(kind, cancelled)
+        except Exception as e:
+            box["error"] = e
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def wait_for(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_beyond_the_queue_is_refused_at_once_with_the_expected_wait():
+    adm = Admission(slots=1, queue=1, deadline_s=60)
+    running = adm.enter("search")
+    t, queued = hold(adm)
+    wait_for(lambda: adm.status()["waiting"] == 1)
+    with pytest.raises(Busy) as e:
+        adm.enter("search")
+    assert "already being answered or queued" in e.value.message and e.value.retry_after >= 1
+    running.release()
+    t.join(5)
+    assert "ticket" in queued  # the queued one got the slot when it was freed
+    queued["ticket"].release()
+    assert adm.status()["running"] == adm.status()["waiting"] == 0 and adm.refused == 1
+
+
+def test_an_expected_wait_past_the_deadline_is_refused_before_queueing():
+    adm = Admission(slots=1, queue=8, deadline_s=5)
+    with adm.enter("search"):  # a search is first guessed at 10 s: queueing behind it cannot finish in 5 s
+        with pytest.raises(Busy) as e:
+            adm.enter("search")
+        assert "deadline" in e.value.message and e.value.retry_after >= 5
+        assert adm.status()["waiting"] == 0
+    with adm.enter("search"):  # the slot is free: admitted whatever its estimate
+        pass
+
+
+def test_the_estimate_follows_measured_durations():
+    now = [0.0]
+    adm = Admission(slots=1, queue=4, deadline_s=60, clock=lambda: now[0])
+    ticket = adm.enter("search")
+    now[0] += 2.0
+    ticket.release()
+    assert adm.expected("search") == 2.0  # measured, no longer the first guess
+    cut = adm.enter("search")
+    now[0] += 0.1
+    cut.record = False  # a cancelled request says nothing about how long answers take
+    cut.release()
+    assert adm.expected("search") == 2.0
+
+
+def test_a_queued_client_that_leaves_gives_its_place_back():
+    adm = Admission(slots=1, queue=1, deadline_s=60)
+    gone = threading.Event()
+    with adm.enter("search"):
+        t, box = hold(adm, cancelled=gone.is_set)
+        wait_for(lambda: adm.status()["waiting"] == 1)
+        gone.set()
+        t.join(5)
+        assert isinstance(box["error"], Cancelled) and adm.status()["waiting"] == 0
+        t2, box2 = hold(adm)  # its place in the queue is free again
+        wait_for(lambda: adm.status()["waiting"] == 1)
+    t2.join(5)
+    box2["ticket"].release()
+
+
+def test_nothing_is_admitted_with_max_pending_zero(make_services):
+    s = make_services(SLOW, server={"max_pending": 0}, **ROUTE)
+    with pytest.raises(Busy):
+        s.pipeline.ask("VPN")
+
+
+@pytest.fixture
+def served(make_services):
+    """(base_url, services) of a waitress-served app whose model answers slowly; closed afterwards."""
+    running = []
+
+    def serve(**server):
+        services = make_services(SLOW, delay=DELAY, server=server, **ROUTE)
+        srv, url = serve_in_thread(create_app(services.cfg, services=services))
+        running.append(srv)
+        return url, services
+    yield serve
+    for srv in running:
+        srv.close()
+
+
+def post_in_thread(url: str, body: dict, out: list):
+    t = threading.Thread(target=lambda: out.append(requests.post(url, json=body, timeout=60)), daemon=True)
+    t.start()
+    return t
+
+
+def test_a_full_queue_is_503_with_retry_after_at_once_over_http(served):
+    url, s = served(engine_slots=1, max_pending=2)
+    done: list = []
+    threads = [post_in_thread(f"{url}/api/search", {"query": "VPN"}, done) for _ in range(2)]
+    wait_for(lambda: (s.pipeline.admission.status()["running"], s.pipeline.admission.status()["waiting"]) == (1, 1))
+    for path, body in (("/api/search", {"query": "VPN"}), ("/api/sentiment", {"texts": ["VPN"]}),
+                       ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "VPN"}],
+                                                 "task": "search"})):
+        t0 = time.perf_counter()
+        r = requests.post(url + path, json=body, timeout=30)
+        took = time.perf_counter() - t0
+        assert r.status_code == (429 if path.startswith("/v1") else 503), r.text  # /v1: OpenAI clients back off on 429
+        assert int(r.headers["Retry-After"]) >= 1 and took < 2.0  # refused at once, not after the queue moved
+    for t in threads:
+        t.join(60)
+    assert [r.status_code for r in done] == [200, 200]  # the two admitted ones were answered
+
+
+def raw_post(url: str, path: str, body: bytes) -> socket.socket:
+    """Send a JSON POST on a bare socket (so the test decides when the client hangs up)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/api/search", b'{"query": "VPN"}'),  # JSON: nothing is written until the answer is done
+    ("/v1/chat/completions", b'{"model": "m", "stream": true, "task": "search", '
+                             b'"messages": [{"role": "user", "content": "VPN"}]}'),  # buffered until done
+])
+def test_a_client_gone_mid_answer_stops_decoding_and_frees_the_slot(served, path, body):
+    url, s = served(engine_slots=1, max_pending=1)
+    sock = raw_post(url, path, body)
+    wait_for(lambda: s.engine.generated >= 3)  # decoding has begun
+    sock.close()
+    wait_for(lambda: s.pipeline.admission.status()["running"] == 0, timeout=5)
+    stopped_at = s.engine.generated
+    assert stopped_at < len(SLOW) // 3 // 2, f"decoded {stopped_at} tokens after the client left"
+    time.sleep(0.3)
+    assert s.engine.generated == stopped_at  # nothing decodes for nobody
+    assert requests.post(f"{url}/api/sentiment", json={"texts": ["VPN"]}, timeout=30).status_code == 200
