@@ -135,12 +135,17 @@ def ask(query, index_dir, as_json):
 @click.option("--port", type=int, default=None, help="listen port [config: server.port]")
 @click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 def serve(host, port, index_dir):
-    """Serve the web page, the JSON API, Slack and OpenAI endpoints (waitress)."""
+    """Serve the web page, the JSON API, Slack and OpenAI endpoints (waitress).
+
+    With no index yet, it is built first from [index] kb_dir (progress on stderr); with nothing to
+    build from, or when the models fail to load, it exits non-zero instead of serving 503s.
+    """
+    from kbgate.service import ensure_index
     from web.server import run
 
     cfg = _cfg()
     try:
-        run(cfg, host or cfg.server.host, port or cfg.server.port, index_dir)
+        run(cfg, host or cfg.server.host, port or cfg.server.port, ensure_index(cfg, index_dir))
     except KBGateError as e:
         raise click.ClickException(e.message) from None
 

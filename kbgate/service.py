@@ -4,10 +4,12 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from kbgate.answer import Assistant
 from kbgate.config import Config
 from kbgate.engine import Engine
+from kbgate.errors import IndexUnavailable
 from kbgate.gate import SentimentGate
 from kbgate.pipeline import Pipeline
 from kbgate.prompts import Prompts, prompt_folder
@@ -38,6 +40,28 @@ def build(cfg: Config, engine: Engine, retriever=None) -> Services:
     assistant = Assistant(engine, prompts, cfg.answer, cfg.escalation)
     pipeline = Pipeline(cfg, gate, retriever, assistant)
     return Services(cfg, engine, gate, assistant, pipeline, retriever, time.perf_counter() - t0)
+
+
+def ensure_index(cfg: Config, index_dir=None) -> Path:
+    """The index folder to serve: as it is when it holds a version, else built now from `[index] kb_dir`
+    (with a progress bar on stderr). IndexUnavailable, with what to do, when there is nothing to build from."""
+    from indexer.versions import current_version
+
+    index_dir = Path(index_dir) if index_dir else cfg.path(cfg.index.dir)
+    if current_version(index_dir) is not None:
+        return index_dir
+    kb = cfg.path(cfg.index.kb_dir)
+    if not kb.is_dir() or not any(kb.rglob("*.md")):
+        raise IndexUnavailable(f"there is no index in {index_dir}, and no markdown pages in {kb} to build one from: "
+                               "set [index] kb_dir in config.toml to your wiki folder, or run "
+                               "`kbgate index --kb FOLDER` first")
+    from indexer.embedders import load_embedder
+    from indexer.store import build_index
+
+    print(f"no index in {index_dir}: building it from {kb} ...", file=sys.stderr, flush=True)
+    summary = build_index(cfg, kb, index_dir, load_embedder(cfg, lazy=True), progress=True)
+    print(summary.describe(), file=sys.stderr, flush=True)
+    return index_dir
 
 
 def load_retriever(cfg: Config, index_dir=None):

@@ -7,6 +7,7 @@ they are in. Domain errors become JSON for the API, OpenAI-shaped errors under
 """
 from __future__ import annotations
 
+import sys
 import threading
 import traceback
 
@@ -40,7 +41,10 @@ class State:
         def work():
             try:
                 self.services = loader()
-            except Exception as e:  # reported by /readyz and every request, and printed once
+            except KBGateError as e:  # a known failure (no index, no model file): its message says what to do
+                self.error = e.message
+                print(f"kbgate: {e.message}", file=sys.stderr, flush=True)
+            except Exception as e:  # a bug: reported by /readyz and every request, and its traceback printed once
                 self.error = str(e)
                 traceback.print_exc()
             finally:

@@ -7,6 +7,7 @@ import threading
 from waitress.server import create_server
 
 from kbgate.config import Config
+from kbgate.errors import ModelError
 from web import create_app
 
 # waitress (3.x) hands every chunk the app yields to the socket as it comes (send_bytes=1 is
@@ -43,14 +44,26 @@ def stop(server) -> None:
 
 
 def run(cfg: Config, host: str, port: int, index_dir=None) -> None:
-    """Bind, start loading models and index in the background, and serve until interrupted."""
-    from kbgate.service import load_services
+    """Bind, load models and index in the background, and serve until interrupted.
 
-    app = create_app(cfg, loader=lambda: load_services(cfg, index_dir))
+    A failed load stops the server and raises ModelError: never a process that stays up answering 503.
+    """
+    from kbgate import service
+
+    app = create_app(cfg, loader=lambda: service.load_services(cfg, index_dir))
     server = make_server(app, host, port, cfg.server.threads)
+    st = app.extensions["kbgate"]
+
+    def stop_if_failed():
+        st.ready.wait()
+        if st.services is None:
+            stop(server)
+    threading.Thread(target=stop_if_failed, name="kbgate-load-watch", daemon=True).start()
     print(f"kbgate serving on http://{host}:{server.effective_port} (readyz is 503 until models load)",
           file=sys.stderr, flush=True)
     serve_forever(server)
+    if st.services is None and st.error:
+        raise ModelError(f"stopped: the models or the index failed to load: {st.error}")
 
 
 def serve_forever(server) -> None:
