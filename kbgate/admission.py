@@ -34,9 +34,14 @@ class Cancelled(KBGateError):
 class Ticket:
     """A held slot: leaving the `with` block (or `release()`) frees it and records the duration."""
 
-    def __init__(self, owner: "Admission", kind: str):
+    def __init__(self, owner: "Admission", kind: str, arrived: float):
         self.owner, self.kind, self.start, self._done = owner, kind, owner.clock(), False
+        self.deadline_at = arrived + owner.deadline_s
         self.record = True  # False for work cut short (a client gone): its duration says nothing
+
+    def overdue(self) -> bool:
+        """Whether the request's deadline (from its arrival) has passed: time to answer with what there is."""
+        return self.owner.clock() >= self.deadline_at
 
     def release(self) -> None:
         if not self._done:
@@ -88,6 +93,7 @@ class Admission:
 
     def enter(self, kind: str, cancelled: Callable[[], bool] | None = None) -> Ticket:
         """A slot for one request of `kind`, or Busy at once; Cancelled if the client leaves while queued."""
+        arrived = self.clock()
         with self._cond:
             free = len(self._running) < self.slots and not self._waiting
             if not free and len(self._waiting) >= self.queue:
@@ -98,8 +104,8 @@ class Admission:
                 raise self._refuse(f"the expected wait ({wait:.0f} s) and answer ({work:.0f} s) exceed the "
                                    f"{self.deadline_s:g} s deadline", wait)
             if free:
-                return self._take(kind)
-            me = (kind, self.clock())
+                return self._take(kind, arrived)
+            me = (kind, arrived)
             self._waiting.append(me)
             give_up_at = me[1] + max(0.0, self.deadline_s - work)
             try:
@@ -116,10 +122,10 @@ class Admission:
                 self._cond.notify_all()  # the next one in line may now be at the head
                 raise
             self._waiting.popleft()
-            return self._take(kind)
+            return self._take(kind, arrived)
 
-    def _take(self, kind: str) -> Ticket:
-        t = Ticket(self, kind)
+    def _take(self, kind: str, arrived: float) -> Ticket:
+        t = Ticket(self, kind, arrived)
         self._running.append(t)
         return t
 

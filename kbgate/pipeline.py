@@ -128,12 +128,13 @@ class Pipeline:
     def _run(self, query: str, k: int, tags, max_new_tokens, cancelled) -> Iterator[tuple[str, object]]:
         with self.admit("search", cancelled) as ticket:
             try:
-                yield from self._stages(query, k, tags, max_new_tokens, cancelled or (lambda: False))
+                yield from self._stages(query, k, tags, max_new_tokens, cancelled or (lambda: False), ticket.overdue)
             except (Cancelled, GeneratorExit):
                 ticket.record = False  # cut short: its duration would skew the expected wait
                 raise
 
-    def _stages(self, query: str, k: int, tags, max_new_tokens, cancelled) -> Iterator[tuple[str, object]]:
+    def _stages(self, query: str, k: int, tags, max_new_tokens, cancelled,
+                overdue=lambda: False) -> Iterator[tuple[str, object]]:
         t0 = time.perf_counter()
         ms = lambda: round((time.perf_counter() - t0) * 1000, 1)  # noqa: E731
         timings: dict = {}
@@ -169,6 +170,9 @@ class Pipeline:
                     break
                 if cancelled():  # between decode steps: closing the stream stops the engine
                     raise Cancelled("the client went away")
+                if overdue():  # [server] deadline_s: the reply so far is checked and answered like a full one
+                    reason += f"; the reply was cut at the {self.cfg.server.deadline_s:g} s deadline"
+                    break
                 if first is None:
                     first = timings["first_token"] = ms()
                 text += piece

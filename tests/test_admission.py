@@ -165,3 +165,11 @@ def test_a_client_gone_mid_answer_stops_decoding_and_frees_the_slot(served, path
     time.sleep(0.3)
     assert s.engine.generated == stopped_at  # nothing decodes for nobody
     assert requests.post(f"{url}/api/sentiment", json={"texts": ["VPN"]}, timeout=30).status_code == 200
+
+
+def test_an_answer_still_decoding_at_the_deadline_is_cut_and_answered(make_services):
+    s = make_services(SLOW, delay=DELAY, server={"deadline_s": 1.0}, **ROUTE)  # the full reply takes ~3.7 s
+    r = s.pipeline.ask("在家怎么连公司内网")
+    assert "cut at the 1 s deadline" in r.reason and r.route == "answer"
+    assert 0 < s.engine.generated < len(SLOW) // 3 and SLOW.startswith(r.answer.split("[1]")[0])
+    assert s.pipeline.admission.status()["running"] == 0
