@@ -40,6 +40,7 @@ class Chunk:
     type: str  # "troubleshooting", else the page's type or "doc"
     tags: tuple[str, ...]
     hash: str  # sha256 of embed_text
+    audience: tuple[str, ...] = ()  # the page's readers (indexer.audience); not in the hash: changing it re-embeds nothing
 
     @property
     def embed_text(self) -> str:
@@ -194,5 +195,6 @@ def chunk_page(page, max_tokens: int = 200, overlap: int = 40,
         for n, text in enumerate(pack(list(sec.blocks), budget, overlap, count_tokens), 1):
             cid = f"{page.id}#{sec.anchor}" + (f"~{n}" if n > 1 else "")
             digest = hashlib.sha256(embed_text(page.title, heading, text).encode("utf-8")).hexdigest()
-            chunks.append(Chunk(cid, page.id, page.title, heading, sec.anchor, text, ctype, tuple(page.tags), digest))
+            chunks.append(Chunk(cid, page.id, page.title, heading, sec.anchor, text, ctype, tuple(page.tags), digest,
+                                tuple(getattr(page, "audience", ()))))
     return chunks

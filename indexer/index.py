@@ -5,9 +5,18 @@ queries: another embedder name, dimension or format version means the vectors
 are in a different space, so it refuses with `IndexUnavailable` and says what
 to run. A version holds one vector index per embedder (`Index.dense`, in the
 manifest's order); `Index.faiss` is the first one's.
+
+Access: every chunk and page carries its page's audience (indexer.audience).
+`Index.mask(caller)` is the chunk mask of what a caller may read, for the
+`allowed` parameter of indexer.search; `Index.readable(page, caller)` is a page
+or NotFound, the same NotFound as for a page that does not exist. A caller is
+any object with `may_read(audience: tuple[str, ...]) -> bool` and a hash
+(the application's caller type); None means no restriction (local tools, evaluation).
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +24,18 @@ import numpy as np
 
 import indexer
 from indexer.chunking import Chunk
+from indexer.audience import parse_audience
 from indexer.embedders import members
-from indexer.errors import IndexUnavailable, NotFound
+from indexer.errors import BadInput, IndexUnavailable, NotFound
 from indexer.pages import Page
-from indexer.versions import FORMAT_VERSION, current_version, read_jsonl, read_manifest
+from indexer.versions import FORMAT_VERSION, READ_FORMATS, current_version, read_jsonl, read_manifest
 
-CHUNK_FIELDS = ("id", "page", "title", "heading", "anchor", "text", "type", "tags", "hash")
+log = logging.getLogger("indexer")
+
+CHUNK_FIELDS = ("id", "page", "title", "heading", "anchor", "text", "type", "tags", "hash", "audience")
+_TUPLES = ("tags", "audience")
+NOBODY = "-nobody-"  # not a valid group name (indexer.audience.GROUP), so no caller holds it
+_MASK_CACHE = 1024  # callers' masks kept per index (distinct group sets are few)
 
 
 def rebuild_hint(index_dir: Path) -> str:
@@ -30,13 +45,23 @@ def rebuild_hint(index_dir: Path) -> str:
 
 def chunk_from_row(row: dict) -> Chunk:
     """Rebuild a Chunk from its chunks.jsonl row."""
-    return Chunk(**{k: (tuple(row[k]) if k == "tags" else row[k]) for k in CHUNK_FIELDS})
+    return Chunk(**{k: (tuple(row.get(k) or ()) if k in _TUPLES else row[k]) for k in CHUNK_FIELDS})
 
 
 def page_from_row(row: dict) -> Page:
-    """Rebuild a Page from its pages.jsonl row."""
+    """Rebuild a Page from its pages.jsonl row (format 2 rows: the audience its front matter had, kept in meta)."""
+    meta = row.get("meta") or {}
+    if "audience" in row:
+        audience = tuple(row["audience"] or ())
+    elif "audience" in meta:
+        try:
+            audience = parse_audience(meta["audience"], row["path"])
+        except BadInput:
+            audience = (NOBODY,)  # fail closed: a value the builder would refuse is readable by no one
+    else:
+        audience = ()
     return Page(id=row["id"], path=row["path"], title=row["title"], tags=tuple(row["tags"]), type=row["type"],
-                text=row["text"], sha256=row["sha256"], meta=row.get("meta") or {})
+                text=row["text"], sha256=row["sha256"], meta=meta, audience=audience)
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,6 +84,13 @@ class Index:
         order = {pid: i for i, pid in enumerate(self.pages)}
         rows = [order.get(getattr(c, "page", None), -1) for c in self.chunks]
         object.__setattr__(self, "chunk_page_rows", np.array(rows, np.int64))
+        # distinct audiences and, per chunk, which: a caller's mask is one table lookup per chunk
+        audiences = sorted({tuple(getattr(c, "audience", ())) for c in self.chunks})
+        ids = {a: i for i, a in enumerate(audiences)}
+        object.__setattr__(self, "audiences", tuple(audiences))
+        object.__setattr__(self, "chunk_audience_ids",
+                           np.array([ids[tuple(getattr(c, "audience", ()))] for c in self.chunks], np.int32))
+        object.__setattr__(self, "_masks", {})
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -70,9 +102,33 @@ class Index:
         except KeyError:
             raise NotFound(f"no page {page_id!r} in the index") from None
 
-    def page_list(self) -> list[Page]:
-        """Return all pages, sorted by id."""
-        return list(self.pages.values())
+    def page_list(self, caller=None) -> list[Page]:
+        """Return all pages the caller may read (None: all), sorted by id."""
+        return [p for p in self.pages.values() if caller is None or caller.may_read(p.audience)]
+
+    def readable(self, page_id: str, caller) -> Page:
+        """Return the page if the caller may read it; else the same NotFound as for a page that does not exist."""
+        page = self.pages.get(page_id)
+        if page is None or (caller is not None and not caller.may_read(page.audience)):
+            raise NotFound(f"no page {page_id!r} in the index")
+        return page
+
+    def may_read(self, page_id: str, caller) -> bool:
+        """Whether the page exists and the caller may read it."""
+        page = self.pages.get(page_id)
+        return page is not None and (caller is None or caller.may_read(page.audience))
+
+    def mask(self, caller) -> np.ndarray | None:
+        """The (n_chunks,) bool mask of chunks the caller may read; None when it may read all (or caller is None)."""
+        if caller is None:
+            return None
+        cache = self._masks
+        if caller not in cache:
+            ok = np.array([bool(caller.may_read(a)) for a in self.audiences], bool)
+            if len(cache) >= _MASK_CACHE:
+                cache.clear()
+            cache[caller] = None if ok.all() else ok[self.chunk_audience_ids]
+        return cache[caller]
 
     def vectors(self, embedder: str | None = None) -> np.ndarray:
         """Return all chunk vectors of one embedder (default: the first), (n_chunks, dim) float32, row-aligned."""
@@ -92,7 +148,7 @@ def built_embedders(manifest: dict) -> list[dict]:
 def check_manifest(manifest: dict, where: Path, embedder) -> None:
     """Raise IndexUnavailable unless the manifest matches this code and `embedder` (None skips that check)."""
     fmt = manifest.get("format_version")
-    if fmt != FORMAT_VERSION:
+    if fmt not in READ_FORMATS:
         raise IndexUnavailable(f"the index in {where} has format version {fmt}, this indexer reads "
                                f"version {FORMAT_VERSION}; {rebuild_hint(where)}")
     if embedder is None:
@@ -141,5 +197,10 @@ def load_index(index_dir: str | Path, embedder=None) -> Index:
     if not all(len(rows) == v.ntotal == manifest.get("chunk_count") for v in dense.values()):
         raise IndexUnavailable(f"the index version {name} in {index_dir} is inconsistent ({len(rows)} chunks, "
                                f"{vecs.ntotal} vectors); {rebuild_hint(index_dir)}")
-    return Index(index_dir, name, manifest, tuple(chunk_from_row(r) for r in rows),
-                 tuple(r["key"] for r in rows), pages, vecs, bm25, dense, page_bm25)
+    chunks = tuple(chunk_from_row(r) for r in rows)
+    if manifest.get("format_version") == 2:  # built before audiences: each chunk takes its page's (see page_from_row)
+        chunks = tuple(dataclasses.replace(c, audience=pages[c.page].audience) if c.page in pages else c
+                       for c in chunks)
+        log.warning("warning: the index in %s predates folder audiences (_access.yml); %s",
+                    index_dir, rebuild_hint(index_dir))
+    return Index(index_dir, name, manifest, chunks, tuple(r["key"] for r in rows), pages, vecs, bm25, dense, page_bm25)

@@ -2,9 +2,13 @@
 
 A page's id is its path under the folder without `.md`, with forward slashes
 (`it/vpn`). YAML front matter between `---` lines gives `title`, `tags` and
-`type`; the rest of it is kept in `meta`. Problems with one file never stop the
-others: broken front matter -> the page is read without it; a file that is not
-UTF-8 or cannot be read -> skipped. Each such case adds a warning naming the file.
+`type`; `audience` (who may read it) with the folders' `_access.yml` defaults is
+resolved by `indexer.audience`; the rest of it is kept in `meta`. Problems with
+one file never stop the others: broken front matter -> the page is read without
+it; a file that is not UTF-8 or cannot be read -> skipped. Each such case adds a
+warning naming the file. Access problems are the exception: a bad audience, a
+bad `_access.yml`, or broken front matter that sets an audience is a BadInput
+(indexing it unrestricted would leak it).
 
 Not handled: TOML (`+++`) front matter, setext (underlined) H1 titles, symlink loops.
 """
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from indexer.audience import folder_audience, folder_defaults, mentions_audience, parse_audience
 from indexer.errors import BadInput
 
 log = logging.getLogger("indexer")
@@ -36,6 +41,7 @@ class Page:
     text: str  # markdown body, front matter removed
     sha256: str  # of the file's bytes
     meta: dict = field(default_factory=dict, compare=False)  # the rest of the front matter (owner, updated...)
+    audience: tuple[str, ...] = ()  # groups that may read it (any one suffices); () = unrestricted
 
 
 def split_front_matter(raw: str) -> tuple[dict | None, str, str | None]:
@@ -68,20 +74,24 @@ def _tags(value) -> tuple[str, ...]:
     return tuple(t for t in (str(v).strip() for v in value) if t)
 
 
-def parse_page(rel: str, data: bytes) -> tuple[Page, str | None]:
-    """Build a Page from a file's bytes; return it with a warning or None (raises UnicodeDecodeError)."""
+def parse_page(rel: str, data: bytes, default_audience: tuple[str, ...] = ()) -> tuple[Page, str | None]:
+    """Build a Page from a file's bytes; return it with a warning or None (raises UnicodeDecodeError, BadInput)."""
     raw = data.decode("utf-8").lstrip("\ufeff")
     meta, body, problem = split_front_matter(raw)
+    if problem and mentions_audience(raw[:len(raw) - len(body)] or raw):  # the front matter part
+        raise BadInput(f"{rel}: {problem}, and it sets an audience: fix the front matter "
+                       f"(the page is not indexed without its restriction)")
     meta = meta or {}
+    audience = parse_audience(meta["audience"], rel) if "audience" in meta else tuple(default_audience)
     warning = f"{rel}: {problem}; indexed without front matter" if problem else None
     h1 = _H1.search(body)
     stem = rel.rsplit("/", 1)[-1][:-3]
     title = str(meta.get("title") or "").strip() or (h1.group(1).strip() if h1 else stem)
     page_type = str(meta.get("type") or "").strip().lower()
     rest = {k: v if isinstance(v, (str, int, float, bool, list)) or v is None else str(v)
-            for k, v in meta.items() if k not in ("title", "tags", "type")}
+            for k, v in meta.items() if k not in ("title", "tags", "type", "audience")}
     page = Page(id=rel[:-3], path=rel, title=title, tags=_tags(meta.get("tags")), type=page_type,
-                text=body, sha256=hashlib.sha256(data).hexdigest(), meta=rest)
+                text=body, sha256=hashlib.sha256(data).hexdigest(), meta=rest, audience=audience)
     return page, warning
 
 
@@ -90,6 +100,7 @@ def read_pages(kb_dir: str | Path) -> tuple[list[Page], list[str]]:
     root = Path(kb_dir)
     if not root.is_dir():
         raise BadInput(f"wiki folder {root} does not exist or is not a folder")
+    defaults = folder_defaults(root)  # BadInput naming a bad _access.yml
     pages: list[Page] = []
     warnings: list[str] = []
     for f in sorted(root.rglob("*.md")):
@@ -97,7 +108,7 @@ def read_pages(kb_dir: str | Path) -> tuple[list[Page], list[str]]:
         if not f.is_file() or any(part.startswith(".") for part in Path(rel).parts):
             continue  # hidden folders (.git, editors' swap dirs) are not wiki pages
         try:
-            page, warning = parse_page(rel, f.read_bytes())
+            page, warning = parse_page(rel, f.read_bytes(), folder_audience(defaults, rel))
         except UnicodeDecodeError as e:
             warnings.append(f"{rel}: not UTF-8 text (byte {e.start}); skipped")
             continue

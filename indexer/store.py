@@ -4,7 +4,10 @@ Every chunk carries a key, sha256(embedder name + chunk text hash). Vectors of
 keys the previous version already has are copied (per embedder, when several
 are indexed side by side), so after editing one page only that page's changed
 chunks are embedded. Pages that left the wiki leave
-the index. When the pages, chunking settings and embedder are all unchanged,
+the index. A page's audience (who may read it: front matter or its folder's
+`_access.yml`) is stored with the page, each of its chunks and in the manifest,
+but is no part of a chunk's hash: changing only who may read a page writes a
+new version and embeds nothing. When the pages, their audiences, chunking settings and embedder are all unchanged,
 nothing is written and the current version stays (an up-to-date build is cheap
 and never loads the model). A failure or Ctrl-C mid-build deletes the
 partial folder and leaves CURRENT and the previous version untouched.
@@ -46,12 +49,14 @@ class BuildSummary:
     version: str  # the version now in CURRENT
     up_to_date: bool = False  # True: nothing changed, nothing was written
     warnings: tuple[str, ...] = ()
+    restricted: int = 0  # pages with an audience
 
     def describe(self) -> str:
         """One line for people."""
+        pages = f"{self.pages} pages" + (f" ({self.restricted} restricted)" if self.restricted else "")
         if self.up_to_date:
-            return f"index {self.version} is up to date ({self.pages} pages, {self.chunks} chunks); nothing to do"
-        return (f"indexed {self.pages} pages into {self.chunks} chunks in {self.seconds:.1f}s: "
+            return f"index {self.version} is up to date ({pages}, {self.chunks} chunks); nothing to do"
+        return (f"indexed {pages} into {self.chunks} chunks in {self.seconds:.1f}s: "
                 f"{self.embedded} embedded, {self.reused} reused, {self.removed} removed -> {self.version}")
 
 
@@ -129,12 +134,15 @@ def build_index(cfg, kb_dir: str | Path, index_dir: str | Path, embedder, progre
     kb_dir, index_dir = Path(kb_dir), Path(index_dir)
     pages, warnings = read_pages(kb_dir)
     page_hashes = {p.id: p.sha256 for p in pages}
+    audiences = page_audiences(pages)
+    restricted = sum(1 for a in audiences.values() if a)
     with build_lock(index_dir):
         embs = members(embedder)
         current, manifest, same = _current(index_dir, [e.name for e in embs])
-        if same and manifest.get("pages") == page_hashes and manifest.get("settings") == _settings(cfg):
+        if (same and manifest.get("pages") == page_hashes and manifest.get("audience") == audiences
+                and manifest.get("settings") == _settings(cfg)):
             return BuildSummary(len(pages), manifest.get("chunk_count", 0), 0, 0, 0, time.perf_counter() - t0,
-                                current, up_to_date=True, warnings=tuple(warnings))
+                                current, up_to_date=True, warnings=tuple(warnings), restricted=restricted)
         prev = _load_previous(index_dir) if manifest is not None else None
         chunks = [c for p in pages for c in chunk_page(p, cfg.index.chunk_tokens, cfg.index.chunk_overlap,
                                                        embedder.count_tokens)]
@@ -157,7 +165,12 @@ def build_index(cfg, kb_dir: str | Path, index_dir: str | Path, embedder, progre
             raise
         prune(index_dir, cfg.index.keep_versions)
     return BuildSummary(len(pages), len(chunks), embedded, reused, removed, time.perf_counter() - t0, name,
-                        warnings=tuple(warnings))
+                        warnings=tuple(warnings), restricted=restricted)
+
+
+def page_audiences(pages: list[Page]) -> dict[str, list[str]]:
+    """{page id: its audience as a list ([] = unrestricted)}, as the manifest records it."""
+    return {p.id: list(p.audience) for p in pages}
 
 
 def _vectors(chunks, prev: Index | None, embedder, batch_size: int, progress: bool):
@@ -191,7 +204,8 @@ def _write_version(vdir: Path, cfg, kb_dir: Path, pages: list[Page], chunks: lis
     write_jsonl(vdir / "chunks.jsonl", ({**{f: getattr(c, f) for f in CHUNK_FIELDS}, "key": k}
                                         for c, k in zip(chunks, keys)))
     write_jsonl(vdir / "pages.jsonl", ({"id": p.id, "path": p.path, "title": p.title, "tags": list(p.tags),
-                                        "type": p.type, "sha256": p.sha256, "meta": p.meta, "text": p.text}
+                                        "type": p.type, "sha256": p.sha256, "meta": p.meta, "audience": list(p.audience),
+                                        "text": p.text}
                                        for p in pages))
     built = []
     for i, e in enumerate(embs):
@@ -214,4 +228,5 @@ def _write_version(vdir: Path, cfg, kb_dir: Path, pages: list[Page], chunks: lis
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "kb_dir": str(kb_dir.resolve()),
         "pages": {p.id: p.sha256 for p in pages},
+        "audience": page_audiences(pages),  # who may read each page; [] = unrestricted
     })

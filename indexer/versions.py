@@ -5,8 +5,8 @@
       .lock                   held (flock) by the one build running
       v-20250301T101500123456-3f9a1c/
         manifest.json         written last: a folder without it is incomplete
-        chunks.jsonl          one chunk per line, row i = FAISS row i
-        pages.jsonl           each page's metadata and markdown body
+        chunks.jsonl          one chunk per line, row i = FAISS row i (with its page's audience)
+        pages.jsonl           each page's metadata, audience and markdown body
         vectors.faiss         inner-product index of the first embedder's normalized vectors
         vectors-2.faiss ...   one more per further embedder (manifest "embedders" names the files)
         bm25/                 the bm25s index over the tokenized chunk texts
@@ -25,7 +25,8 @@ import shutil
 import time
 from pathlib import Path
 
-FORMAT_VERSION = 2  # 2: one vector index per embedder (manifest "embedders")
+FORMAT_VERSION = 3  # 2: one vector index per embedder (manifest "embedders"); 3: per-page audiences
+READ_FORMATS = (2, 3)  # 2: audiences only from front matter kept in meta (see index.page_from_row); a build upgrades it
 POINTER = "CURRENT"
 MANIFEST = "manifest.json"
 

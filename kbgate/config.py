@@ -171,6 +171,16 @@ class RemoteConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    anonymous: str = _f("public-only", "what a caller with no identity may read: 'public-only' (pages with no "
+                                       "audience; lets `make serve` work with no setup) or 'deny' (nothing: 401)")
+
+    def __post_init__(self):
+        from kbgate.access import check_policy
+        check_policy(self.anonymous)  # ConfigError naming [auth] anonymous
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
@@ -184,6 +194,7 @@ class Config:
     slack: SlackConfig = field(default_factory=SlackConfig)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     root: str = field(default=str(ROOT), metadata={"help": "base for relative paths"})
 
     def path(self, p: str) -> Path:

@@ -71,29 +71,55 @@ def _print_hits(query: str, hits) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object {query, hits}")
 @click.option("--tag", "tags", multiple=True, help="only pages with this tag (repeatable)")
 @click.option("--troubleshooting", is_flag=True, help="boost troubleshooting sections")
+@click.option("--as", "as_user", default=None, metavar="USER",
+              help="search only the pages USER may read (with --groups); default: every page")
+@click.option("--groups", default=None, metavar="G1,G2", help="the groups of --as USER (comma-separated)")
+@click.option("--anonymous", is_flag=True, help="search as a caller with no identity ([auth] anonymous)")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="config.toml to read")
-def search_cmd(query, index_dir, k, as_json, tags, troubleshooting, config_path):
-    """Search the index for QUERY; with QUERY '-', read one query per line from stdin, print JSON lines."""
+def search_cmd(query, index_dir, k, as_json, tags, troubleshooting, as_user, groups, anonymous, config_path):
+    """Search the index for QUERY; with QUERY '-', read one query per line from stdin, print JSON lines.
+
+    --as USER --groups hr,oncall (or --anonymous) shows what that caller sees: pages it
+    may not read take no slot, rank or text. Without them every page is searched.
+    """
     from indexer.embedders import load_embedder
     from indexer.index import load_index
     from kbgate.retrieval import Retriever
 
     try:
         cfg = _config(config_path)
+        caller = cli_caller(cfg, as_user, groups, anonymous)
         embedder = load_embedder(cfg, lazy=True)
         index = load_index(index_dir or cfg.path(cfg.index.dir), embedder)
         retriever = Retriever(index, embedder, cfg.retrieval)
-        kw = {"prefer_troubleshooting": troubleshooting, "tags": list(tags) or None}
+        kw = {"prefer_troubleshooting": troubleshooting, "tags": list(tags) or None, "caller": caller}
+        who = {"caller": caller.to_dict()} if caller is not None else {}
         if query == "-":
             queries = [line.rstrip("\r\n") for line in sys.stdin]
             for q, hits in zip(queries, retriever.search_many(queries, k, **kw)):
-                click.echo(json.dumps({"query": q, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
+                click.echo(json.dumps({"query": q, **who, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
             return
         hits = retriever.search(query, k, **kw)
     except KBGateError as e:
         _fail(e)
     if as_json:
-        click.echo(json.dumps({"query": query, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
+        click.echo(json.dumps({"query": query, **who, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
     else:
+        if caller is not None:
+            click.echo(f"as {caller.describe()}")
         _print_hits(query, hits)
+
+
+def cli_caller(cfg: Config, as_user: str | None, groups: str | None, anonymous: bool):
+    """The Caller of --as/--groups/--anonymous, or None (no restriction) when none is given."""
+    from kbgate.access import anonymous as anonymous_caller, authenticated
+    from kbgate.errors import BadInput
+
+    if anonymous and (as_user is not None or groups):
+        raise BadInput("--anonymous cannot be combined with --as or --groups")
+    if anonymous:
+        return anonymous_caller(cfg.auth.anonymous)
+    if groups is not None and as_user is None:
+        raise BadInput("--groups needs --as USER (the user whose groups they are)")
+    return authenticated(as_user, groups or ()) if as_user is not None else None

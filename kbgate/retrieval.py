@@ -101,20 +101,26 @@ class Retriever:
         self._merged: dict[tuple, str] = {}  # (page, heading) -> section_text
         self._lang_masks: dict[str, np.ndarray] | None = None
 
-    def section_text(self, hit: Hit) -> str:
+    def section_text(self, hit: Hit, caller=None) -> str:
         """The whole section a hit belongs to: its pieces merged, each overlap kept once.
 
         Chunks are capped at 200 tokens, so a long list of steps can be split; the model
         and the quoted troubleshooting steps need all of it, not the piece that ranked.
+        A caller (kbgate.access.Caller) who may not read the page gets NotFound.
         """
+        if caller is not None:
+            self.index.readable(hit.page, caller)  # access: NotFound, as for a page that does not exist
         key = (hit.page, hit.heading)
         if key not in self._merged:  # the index never changes under a Retriever: merge each section once
             pieces = [self.index.chunks[r].text for r in self._sections().get(key, [])]
             self._merged[key] = merge_pieces(pieces) if len(pieces) > 1 else hit.text
         return self._merged[key]
 
-    def steps_section(self, page: str) -> Hit | None:
-        """The first section of a page headed like a fix (解决步骤, Fix), as a hit with no scores."""
+    def steps_section(self, page: str, caller=None) -> Hit | None:
+        """The first section of a page headed like a fix (解决步骤, Fix), as a hit with no scores (None: none,
+        or the caller may not read the page)."""
+        if caller is not None and not self.index.may_read(page, caller):
+            return None
         return next((self._hit(rows[0]) for (pg, heading), rows in self._sections().items()
                      if pg == page and is_steps_section(heading)), None)
 
@@ -169,18 +175,19 @@ class Retriever:
         return self._tag_masks[key]
 
     def search(self, query: str, k: int | None = None, *, prefer_troubleshooting: bool = False,
-               tags=None) -> list[Hit]:
-        """Return up to k hits, best first (see the module docstring)."""
-        return self.search_many([query], k, prefer_troubleshooting=prefer_troubleshooting, tags=tags)[0]
+               tags=None, caller=None) -> list[Hit]:
+        """Return up to k hits, best first (see the module docstring); caller: only pages it may read."""
+        return self.search_many([query], k, prefer_troubleshooting=prefer_troubleshooting, tags=tags,
+                                caller=caller)[0]
 
     def search_many(self, queries: list[str], k: int | None = None, *, prefer_troubleshooting: bool = False,
-                    tags=None) -> list[list[Hit]]:
+                    tags=None, caller=None) -> list[list[Hit]]:
         """Search several queries (same order out), each embedder embedding them in one batch."""
         k = self.cfg.k if k is None else k
         live = [i for i, q in enumerate(queries) if q.strip()] if k > 0 and len(self.index) else []
         out: list[list[Hit]] = [[] for _ in queries]
         for i, qvecs in zip(live, self.embed_queries([queries[i] for i in live])):
-            out[i] = self._search(queries[i], qvecs, k, prefer_troubleshooting, tags)
+            out[i] = self._search(queries[i], qvecs, k, prefer_troubleshooting, tags, caller)
         return out
 
     def embed_queries(self, queries: list[str]) -> list[dict]:
@@ -199,10 +206,13 @@ class Retriever:
                     out[i][e.name] = v
         return out
 
-    def candidates(self, query: str, qvecs: dict, tags=None) -> dict:
+    def candidates(self, query: str, qvecs: dict, tags=None, caller=None) -> dict:
         """Return {retriever: {section: (1-based rank, best row)}} for BM25 and each embedded dense list."""
         c, ix = self.cfg, self.index
         allowed = self._allowed(tags)
+        readable = ix.mask(caller)  # access: the caller's pages only, before any ranking (None: all)
+        if readable is not None:
+            allowed = readable if allowed is None else allowed & readable
         terms = topic_terms(tokenize(query))
         if c.bm25_pages:
             b_rows, _ = bm25_page_search(ix, terms, c.candidates, allowed, c.bm25_section_weight)
@@ -244,12 +254,12 @@ class Retriever:
         order = sorted(fused, key=lambda key: (-fused[key], rep[key][1]))
         return order, fused, {key: r for key, (_, r) in rep.items()}
 
-    def _search(self, query, qvecs: dict, k, prefer_troubleshooting, tags) -> list[Hit]:
+    def _search(self, query, qvecs: dict, k, prefer_troubleshooting, tags, caller=None) -> list[Hit]:
         ix = self.index
         tokens = tokenize(query)
         terms = topic_terms(tokens)
         weights, rrf_k, _ = self.weights(query, tokens)
-        ranks = self.candidates(query, qvecs, tags)
+        ranks = self.candidates(query, qvecs, tags, caller)
         order, fused, rep = self.fuse(ranks, weights, rrf_k, prefer_troubleshooting)
         order = order[:k]
         if not order:
