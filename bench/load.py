@@ -135,6 +135,48 @@ def start_service(index: str | None, ready_timeout: float = 600) -> tuple[subpro
     raise SystemExit(f"kbgate serve was not ready within {ready_timeout:.0f} s")
 
 
+def wait_ready(base: str, proc: subprocess.Popen, limit: float) -> float | None:
+    """Seconds until /readyz answers 200 (None if not within `limit` or the process died)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit and proc.poll() is None:
+        try:
+            if requests.get(base + "/readyz", timeout=2).status_code == 200:
+                return time.monotonic() - t0
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    return None
+
+
+def kill_mid_answer(index: str | None) -> list:
+    """kill -9 the service while it answers a search, start it again: how long until /readyz is 200."""
+    proc, base = start_service(index)
+    port = base.rsplit(":", 1)[1]
+    def ask():
+        try:
+            requests.post(base + "/api/search", json={"query": QUERIES[3]}, timeout=60)
+        except requests.RequestException:  # the kill cuts it off: that is the point
+            pass
+    threading.Thread(target=ask, daemon=True).start()
+    time.sleep(2.0)  # the gate has run and the answer is decoding
+    proc.kill()
+    proc.wait(30)
+    cmd = [sys.executable, "-m", "kbgate.cli", "serve", "--port", port] + (["--index", index] if index else [])
+    t0 = time.monotonic()
+    again = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        took = wait_ready(base, again, 120)
+        ok = took is not None and requests.post(base + "/api/sentiment", json={"texts": ["ok"]},
+                                                timeout=60).status_code == 200
+    finally:
+        again.terminate()
+        again.wait(30)
+    spawn = time.monotonic() - t0
+    verdict = "**no: not ready in 120 s**" if took is None else ("yes" if took <= 10 else f"**no ({took:.1f} s)**")
+    return ["kill -9 mid-answer, restart: /readyz 200", f"{took:.1f} s" if took else "–",
+            f"≤ 10 s: {verdict}; a sentiment request then {'200' if ok else 'failed'} ({spawn:.1f} s in all)"]
+
+
 def row(ph: Phase, deadline_s: float | None) -> list:
     p50, p95 = percentiles(ph.latencies) if ph.latencies else (float("nan"),) * 2
     s = ph.statuses
@@ -157,6 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, help="length of every phase (default: 60 s sentiment, 90 s search)")
     ap.add_argument("--timeout", type=float, default=300, help="client timeout per request, seconds")
     ap.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
+    ap.add_argument("--no-faults", action="store_true", help="skip kill -9 mid-answer and the restart")
     args = ap.parse_args(argv)
 
     from kbgate.config import load_config
@@ -178,6 +221,7 @@ def main(argv=None) -> int:
         if proc:
             proc.terminate()
             proc.wait(30)
+    faults = [] if args.url or args.no_faults else [kill_mid_answer(args.index)]
     bad = sum(ph.statuses["5xx"] + ph.statuses["error"] + ph.no_retry_after for ph in phases)
     peak = max((ph.peak_rss_mb for ph in phases), default=0.0)
     m, s = ready["model"], cfg.server
@@ -194,7 +238,7 @@ def main(argv=None) -> int:
         table([row(ph, s.deadline_s) for ph in phases], HEADER), "",
         f"{rss} Latencies are client side, of admitted (2xx) requests only. 'errors' are dropped connections "
         f"or client timeouts ({args.timeout:g} s); 'other 5xx' anything but 503 ({bad} bad in all).",
-    ])
+    ] + (["", table(faults, ("fault", "result", "notes"))] if faults else []))
     print("\n" + text)
     if not args.no_write:
         update_file("load", text)
