@@ -8,8 +8,11 @@ the deadline. A queued request gives up its place when its client is gone
 Expected work per kind ("search", "sentiment", "chat") is a moving average of the
 measured durations, so the estimate follows the machine it runs on.
 
-Not handled: fairness between callers (one FIFO for everyone), several processes
-(each holds its own queue).
+`RateLimit` is the other refusal: a caller over its rate of requests per minute gets
+`RateLimited` (429, Retry-After) before it reaches the queue.
+
+Not handled: fairness between callers within the queue (one FIFO for everyone), several
+processes (each holds its own queue and its own counts).
 """
 from __future__ import annotations
 
@@ -29,6 +32,41 @@ class Cancelled(KBGateError):
     """The client went away; its work stopped and its slot was freed (nobody reads this)."""
     status = 499
     code = "client_closed_request"
+
+
+class RateLimited(KBGateError):
+    """One caller started more requests than `[server] rate_per_minute` allows."""
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimit:
+    """A token bucket per caller: `per_minute` requests a minute, as a burst or spread out; 0 = no limit."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic, max_callers: int = 10000):
+        self.per_minute, self.clock, self.max_callers = per_minute, clock, max_callers
+        self._buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, when counted)
+        self._lock = threading.Lock()
+
+    def check(self, caller: str) -> None:
+        """Count one request of `caller`, or raise RateLimited with the seconds until it may ask again."""
+        if self.per_minute <= 0:
+            return
+        rate, now = self.per_minute / 60.0, self.clock()
+        with self._lock:
+            if len(self._buckets) > self.max_callers:  # forget the ones that are full again
+                self._buckets = {k: v for k, v in self._buckets.items() if v[0] + (now - v[1]) * rate < self.per_minute}
+            tokens, then = self._buckets.get(caller, (float(self.per_minute), now))
+            tokens = min(float(self.per_minute), tokens + (now - then) * rate)
+            if tokens < 1.0:
+                self._buckets[caller] = (tokens, now)
+                raise RateLimited(f"more than {self.per_minute} requests a minute from this caller; slow down",
+                                  max(1, math.ceil((1.0 - tokens) / rate)))
+            self._buckets[caller] = (tokens - 1.0, now)
 
 
 class Ticket:

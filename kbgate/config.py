@@ -124,13 +124,17 @@ class EscalationConfig:
 class ServerConfig:
     host: str = _f("127.0.0.1", "listen address")
     port: int = _f(8080, "listen port")
-    threads: int = _f(16, "WSGI worker threads (raised to engine_slots + max_pending + 4 so refusals never wait)")
+    threads: int = _f(16, "WSGI worker threads (raised to max_pending + 4, so refusals never wait for a thread)")
     max_body_bytes: int = _f(65536, "larger request bodies get 413")
     engine_slots: int = _f(2, "requests on the model at once (their decode steps interleave; a gate call slips "
                               "between an answer's steps)")
-    max_pending: int = _f(8, "requests waiting for a slot; one more is refused at once with 503 and Retry-After")
+    max_pending: int = _f(8, "model requests admitted at once, running or queued for an engine slot; one more is "
+                             "refused at once with 503 and Retry-After")
     deadline_s: float = _f(60.0, "a request whose expected wait plus expected work exceeds this is refused at once "
                                  "(503, Retry-After); one still queued when it can no longer make it gives up")
+    rate_per_minute: int = _f(0, "model requests (search, sentiment, /v1) one caller may start a minute, as a burst "
+                                 "or spread out; over it 429 with Retry-After. A caller is its /v1 bearer token, else "
+                                 "its address (behind a proxy every caller shares one). 0 = no limit")
     wiki_base_url: str = _f("http://127.0.0.1:8080", "public base URL used in source links (Slack, API)")
 
 

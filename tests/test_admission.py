@@ -173,3 +173,35 @@ def test_an_answer_still_decoding_at_the_deadline_is_cut_and_answered(make_servi
     assert "cut at the 1 s deadline" in r.reason and r.route == "answer"
     assert 0 < s.engine.generated < len(SLOW) // 3 and SLOW.startswith(r.answer.split("[1]")[0])
     assert s.pipeline.admission.status()["running"] == 0
+
+
+def test_a_caller_over_its_rate_gets_429_with_retry_after_and_others_do_not(make_services):
+    s = make_services("答案 [1]。", server={"rate_per_minute": 2}, **ROUTE)
+    client = create_app(s.cfg, services=s).test_client()
+    me, other = {"REMOTE_ADDR": "10.0.0.1"}, {"REMOTE_ADDR": "10.0.0.2"}
+    for _ in range(2):
+        assert client.post("/api/sentiment", json={"texts": ["VPN"]}, environ_base=me).status_code == 200
+    r = client.post("/api/search", json={"query": "VPN"}, environ_base=me)
+    assert r.status_code == 429 and r.get_json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(r.headers["Retry-After"]) <= 30  # one request's worth of a 2-a-minute bucket
+    assert client.post("/api/search", json={"query": "VPN"}, environ_base=other).status_code == 200
+    body = {"model": "m", "messages": [{"role": "user", "content": "VPN"}], "task": "sentiment"}
+    v1 = [client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer k1"}, environ_base=me)
+          for _ in range(3)]
+    assert [r.status_code for r in v1] == [200, 200, 429]  # /v1 callers are their keys, not their address
+    assert v1[-1].get_json()["error"]["type"] == "rate_limit_error" and v1[-1].headers["Retry-After"]
+    assert client.get("/readyz", environ_base=me).status_code == 200  # only model requests count
+
+
+def test_the_rate_bucket_refills_with_time():
+    from kbgate.admission import RateLimit, RateLimited
+
+    now = [0.0]
+    limit = RateLimit(60, clock=lambda: now[0])  # one a second, bursts of 60
+    for _ in range(60):
+        limit.check("a")
+    with pytest.raises(RateLimited) as e:
+        limit.check("a")
+    assert e.value.retry_after == 1
+    now[0] += 1.0
+    limit.check("a")

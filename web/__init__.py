@@ -14,9 +14,11 @@ import traceback
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from kbgate.admission import RateLimit
 from kbgate.config import Config, load_config
 from kbgate.errors import Busy, KBGateError, NotReady
 
+MODEL_PATHS = {"/api/search", "/api/search/stream", "/api/sentiment", "/v1/chat/completions"}  # rate-limited
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
@@ -92,6 +94,16 @@ def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(slack.bp)
     app.register_blueprint(openai_api.bp)
+
+    limit = RateLimit(cfg.server.rate_per_minute)
+    app.extensions["kbgate.rate"] = limit
+
+    @app.before_request
+    def rate_limit():
+        if request.method == "POST" and request.path in MODEL_PATHS:
+            token = request.headers.get("Authorization", "").partition(" ")[2].strip()
+            limit.check(f"token:{token}" if token and request.path.startswith("/v1/") else
+                        f"addr:{request.remote_addr}")
 
     @app.get("/healthz")
     def healthz():
