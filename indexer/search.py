@@ -1,6 +1,6 @@
 """Search primitives over a loaded `Index`: dense top-n, BM25 top-n, lexical coverage.
 
-All take an optional `allowed` row mask ((n_chunks,) bool) used for tag filters.
+All take an optional `allowed` row mask ((n_chunks,) bool): tag filters and callers' audiences.
 Ranks come out best first; fusion and presentation belong to the application.
 """
 from __future__ import annotations
@@ -23,13 +23,17 @@ def dense_search(index: Index, qvec: np.ndarray, n: int, allowed: np.ndarray | N
     n = min(n, len(index) if allowed is None else int(allowed.sum()))
     if n <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    sel = faiss.IDSelectorBatch(np.flatnonzero(allowed).astype(np.int64)) if allowed is not None else None
+    # a bitmap selector costs n/8 bytes to build; an IDSelectorBatch of the allowed ids (a hash set) cost
+    # ~10 ms at 100k chunks with 95% allowed (a caller's audience mask), the bitmap ~0.1 ms
+    bits = np.packbits(np.asarray(allowed, bool), bitorder="little") if allowed is not None else None
+    sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits)) if allowed is not None else None
     if hasattr(vecs, "nprobe"):
         params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
     else:
         params = faiss.SearchParameters(sel=sel) if sel is not None else None
     with omp_threads(threads):
         scores, rows = vecs.search(qvec.reshape(1, -1).astype(np.float32), n, params=params)
+    del bits  # (kept alive until here: the selector points into it)
     keep = rows[0] >= 0  # IVF may find fewer than n in the lists it scans
     return rows[0][keep], scores[0][keep]
 

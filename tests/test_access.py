@@ -220,9 +220,12 @@ def test_page_lookups_and_masks_follow_the_caller(kb, tmp_path, index_cfg, hash_
     assert ix.mask(anonymous("deny")).sum() == 0 and ix.mask(anonymous()) is m  # cached per caller
 
 
-def test_the_search_primitives_never_return_a_masked_row(kb, tmp_path, index_cfg, hash_embedder):
-    build_index(index_cfg, kb, tmp_path / "ix", hash_embedder, progress=False)
+@pytest.mark.parametrize("ivf_min_chunks", [0, 1], ids=["exact", "ivf"])
+def test_the_search_primitives_never_return_a_masked_row(kb, tmp_path, index_cfg, hash_embedder, ivf_min_chunks):
+    build_index(index_cfg.replace(index={"ivf_min_chunks": ivf_min_chunks}), kb, tmp_path / "ix", hash_embedder,
+                progress=False)
     ix = load_index(tmp_path / "ix", hash_embedder)
+    assert hasattr(ix.faiss, "nprobe") == bool(ivf_min_chunks)
     allowed = ix.mask(authenticated("bob", ["eng"]))
     q = hash_embedder.embed(["Salary bands P5 band break glass vault"])[0]
     tokens = ["salary", "bands", "p5", "band", "break", "glass", "vault", "workday", "leave"]
