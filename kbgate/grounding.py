@@ -64,14 +64,24 @@ def attribute(text: str, passages: list["Passage"], min_share: float = 0.5,
     (half that across languages: an English answer from a Chinese page shares only
     names, numbers and Latin terms);
     an uncited or wrongly cited sentence gets the passage with the largest share if
-    that is at least `min_share`. When fewer than half of the sentences are grounded
+    that is at least `min_share`. A sentence stating values (15 天, 10:00, E02) that all
+    occur in a passage is grounded by that passage whatever its words: values cross
+    languages where words do not ("the 10th" from "每月 10 日"), and the value check
+    (kbgate.quotes) judges them next. When fewer than half of the sentences are grounded
     (a small model may parrot its worked example) the reply is not grounded: the
     list comes back empty. `verify=False` trusts the model's own citations (fakes in tests).
     """
     from indexer.tokenize import detect_lang, tokenize
 
+    from kbgate.values import stated, values
+
     vocab = {p.n: set(tokenize(p.text)) for p in passages}
     lang = {p.n: detect_lang(p.text) for p in passages}
+    held = {p.n: values(p.text) for p in passages}
+
+    def by_values(said: set) -> list[int]:
+        """The passages stating every value of a sentence (none when it states none)."""
+        return [n for n, pool in held.items() if said and all(stated(v, pool) for v in said)]
     counts = {"sentences": 0, "grounded": 0}
 
     def cite(sentence: str) -> str:
@@ -83,14 +93,17 @@ def attribute(text: str, passages: list["Passage"], min_share: float = 0.5,
         share = {n: len(terms & v) / len(terms) for n, v in vocab.items()}
         own = [int(m) for m in CITATION.findall(sentence)]
         here = detect_lang(bare)
-        keep = [n for n in dict.fromkeys(own) if n in vocab and (not verify or
+        said = values(bare)
+        backed = by_values(said)
+        keep = [n for n in dict.fromkeys(own) if n in vocab and (not verify or n in backed or
                 share[n] >= (min_cited_share if lang[n] == here else min_cited_share / 2))]
         if keep and keep == list(dict.fromkeys(own)):
             counts["grounded"] += 1
             return sentence  # the model's citations all hold: leave them where it put them
         if not keep:
             best, n = max((v, n) for n, v in share.items())
-            keep = [n] if best >= min_share else []
+            keep = [n] if best >= min_share else max(((share[m], m) for m in backed), default=(0, None))[1:]
+            keep = [m for m in keep if m is not None]
         if not keep:
             return bare
         counts["grounded"] += 1

@@ -205,8 +205,13 @@ def check_values(text: str, passages: list, query: str, lang: str, topic: bool =
     """Replace or drop each sentence stating a value its cited passage lacks; return (text, notes).
 
     topic=True (plain answers): a value must also sit on a line that shares a word with the
-    question, and the replacing line is looked for in every passage. notes: one line per change.
+    question, and the replacing line is looked for in every passage. Across languages (an
+    English question on a Chinese page) no line shares a word with the question: there the
+    sentence's values must stand together on one line of the cited passage instead.
+    notes: one line per change.
     """
+    from indexer.tokenize import detect_lang
+
     by_n = {p.n: p for p in passages}
     notes, used = [], set()
     lines = []
@@ -223,6 +228,10 @@ def check_values(text: str, passages: list, query: str, lang: str, topic: bool =
             gone = missing(s, "\n".join(rows) if rows else "\n".join(p.text for p in pool), query)
             if topic and not gone:
                 gone = off_topic_values(s, pool, query)
+                if gone and all(detect_lang(p.text) != detect_lang(query) for p in pool):
+                    bare = _CITED.sub("", s)
+                    if any(not missing(bare, line, query) for p in pool for _, line in passage_lines(p.text)):
+                        gone = []
             if not gone:
                 kept.append(s)
                 continue

@@ -226,3 +226,28 @@ def test_a_sentence_repeating_the_query_is_dropped():
     assert drop_echo("My badge won't open the office door, red light and two beeps [2]. When does it start working [2]?"
                      "\n1. Hold the badge to the reader for 2 seconds [1].", q) == \
         "1. Hold the badge to the reader for 2 seconds [1]."
+
+
+def test_a_sentence_whose_values_a_passage_states_is_grounded_across_wordings_and_languages():
+    from types import SimpleNamespace as P
+
+    from kbgate.grounding import attribute
+    pay = P(n=1, text="- Salary is paid on the **10th of the following month**.\n\n**中文：** 每月 10 日发放上个月工资。")
+    other = P(n=2, text="报销款每周四统一付款，审批完成后一般 5 个工作日内到账。")
+    # "每个月 10 日发" shares too few words with "每月 10 日发放" for the term share; its value is there
+    assert attribute("工资一般每个月 10 日发。", [pay, other]) == ("工资一般每个月 10 日发 [1]。", [1])
+    # a value no passage states grounds nothing: the reply stays unattributed
+    assert attribute("You get 1 day off when you get married.", [pay, other])[1] == []
+
+
+def test_across_languages_a_sentences_values_must_stand_together_on_one_line():
+    from types import SimpleNamespace as P
+
+    from kbgate.quotes import check_values
+    sec = P(n=1, text="## 出差补贴\n\n- 国内出差：每天 **150 元**（当天往返的出差按 80 元计）\n- 国际出差：每天 **60 美元**\n"
+                      "- 客户或会议主办方已提供全天餐食的日期，补贴减半")
+    q = "daily per diem for a domestic business trip?"  # shares no word with the Chinese lines
+    assert check_values("每天 150 元，当天往返 80 元 [1]。", [sec], q, "en", topic=True) == ("每天 150 元，当天往返 80 元 [1]。", [])
+    text, notes = check_values("Domestic trips get 150 yuan a day, or 60 yuan for day trips [1].", [sec], q, "en",
+                               topic=True)
+    assert notes and "150 yuan" not in text  # 150 and 60 sit on different lines: one of them is from another row
