@@ -100,6 +100,8 @@ def _plain_tokenizer(tok):
 class HashEmbedder:
     """Deterministic bag of character 1-3-grams hashed into `dim` signed buckets; for tests."""
 
+    cross_lingual = False  # hashes of tokens: a Chinese text and its English translation share nothing
+
     def __init__(self, dim: int = 64, languages=("en", "zh"), name: str | None = None):
         self.dim = dim
         self.languages = tuple(languages)

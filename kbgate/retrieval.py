@@ -335,8 +335,9 @@ def cross_name(name: str) -> str:
 
 
 def bilingual(embedder) -> bool:
-    """Whether an embedder reads both Chinese and English (its cosines cross languages)."""
-    return {"zh", "en"} <= set(embedder.languages)
+    """Whether an embedder's cosines compare Chinese with English: it reads both and aligns them
+    (a hash of tokens reads both but says `cross_lingual = False`)."""
+    return {"zh", "en"} <= set(embedder.languages) and getattr(embedder, "cross_lingual", True)
 
 
 def _weight(table: dict, name: str, reads: bool) -> float:

@@ -249,7 +249,10 @@ def test_weights_follow_the_query_language(small_retriever):
     r = small_retriever
     cfg = dataclasses.replace(r.cfg, weights_zh={"bm25": 1.0, "hash-64": 0.0, "cross": 0.5},
                               weights_en={"bm25": 0.25}, rrf_k_zh=4, rrf_k_en=40)
-    r = Retriever(r.index, r.embedder, cfg)
+    aligned = embedders.HashEmbedder(dim=64)
+    aligned.cross_lingual = True  # as if its cosines compared the languages, so it gets a cross list
+    assert Retriever(r.index, r.embedder, cfg).weights("打印机卡纸了")[0] == {"bm25": 1.0, "hash-64": 0.0}
+    r = Retriever(r.index, aligned, cfg)
     w, rk, zh = r.weights("打印机卡纸了")
     assert (w, rk, zh) == ({"bm25": 1.0, "hash-64": 0.0, "hash-64:cross": 0.5}, 4, 1.0)
     w, rk, zh = r.weights("printer jam")  # unnamed embedder that reads en: 'dense' default 1; no 'cross': 0
@@ -342,9 +345,8 @@ def test_two_embedders_in_one_index_are_fused(index_cfg, small_kb, tmp_path, has
     assert hits and hits[0].page == "it/printers"
     cands = r.candidates("Follow-Me printer queue", {e.name: e.embed(["Follow-Me printer queue"])[0]
                                                      for e in both.members})
-    # the bilingual hash-64 also ranks the pages in the other language on their own; the English-only hash-32 does not
-    assert set(cands) == {"bm25", "hash-64", "hash-32", "hash-64:cross"}
-    assert {r.page_lang(row) for _, row in cands["hash-64:cross"].values()} == {"zh"}
+    # hashes of tokens do not align the languages: no list over the other language's pages
+    assert set(cands) == {"bm25", "hash-64", "hash-32"}
     # an English-only embedder is not asked about a Chinese query unless the weights name it
     assert set(r.embed_queries(["打印机卡纸"])[0]) == {"hash-64"}
 
