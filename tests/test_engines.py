@@ -170,3 +170,31 @@ def test_a_missing_or_half_built_llama_cpp_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # not installed at all
     with pytest.raises(ModelError, match="is not installed.*make setup"):
         llamacpp.import_llama_cpp()
+
+
+@pytest.mark.slow
+def test_a_restart_loads_the_saved_prefix_instead_of_evaluating_it(tmp_path, monkeypatch):
+    """llama.cpp: the prefix KV is saved beside the model once; a second engine restores it and reads the same logits."""
+    from kbgate.config import load_config
+    from kbgate.engines.llamacpp import LlamaCppEngine
+    from kbgate.provision import fetch_gguf
+
+    gguf = fetch_gguf(load_config())
+    prefix = SYS + [{"role": "user", "content": "文本：今天天气不错\n类别：陈述\n\n文本："}]
+    query = SYS + [{"role": "user", "content": "文本：今天天气不错\n类别：陈述\n\n文本：VPN 又断了！\n类别："}]
+    first = LlamaCppEngine(gguf, n_ctx=2048, slots=1, kv_dir=tmp_path)
+    first.register_prefix(prefix, open_last=True)
+    saved = list(tmp_path.glob("*.kv"))
+    assert len(saved) == 1 and saved[0].stat().st_size > 0
+    want = first.classify(query, ["陈述", "抱怨"])
+    second = LlamaCppEngine(gguf, n_ctx=2048, slots=1, kv_dir=tmp_path)
+    calls = []
+    monkeypatch.setattr(second, "_decode", lambda *a, **k: calls.append(a) or LlamaCppEngine._decode(second, *a, **k))
+    second.register_prefix(prefix, open_last=True)
+    assert calls == []  # nothing evaluated: the cells came from the file
+    got = second.classify(query, ["陈述", "抱怨"])
+    assert all(abs(got[c] - want[c]) < 1e-3 for c in want), (got, want)
+    saved[0].write_bytes(b"torn")  # a damaged file is evaluated again, never trusted
+    third = LlamaCppEngine(gguf, n_ctx=2048, slots=1, kv_dir=tmp_path)
+    third.register_prefix(prefix, open_last=True)
+    assert all(abs(third.classify(query, ["陈述", "抱怨"])[c] - want[c]) < 1e-3 for c in want)
