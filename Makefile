@@ -60,6 +60,9 @@ bench: index
 	$(BIN)/python bench/answer.py
 	$(BIN)/python bench/grounded.py
 	$(BIN)/python bench/service.py
+	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/engines.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) .models .index
