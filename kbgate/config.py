@@ -178,10 +178,21 @@ class RemoteConfig:
 class AuthConfig:
     anonymous: str = _f("public-only", "what a caller with no identity may read: 'public-only' (pages with no "
                                        "audience; lets `make serve` work with no setup) or 'deny' (nothing: 401)")
+    trusted_proxies: list = _f([], "addresses or networks (\"127.0.0.1\", \"10.0.0.0/8\") of the SSO proxy whose "
+                                   "X-Forwarded-User/-Email/-Groups headers are believed; [] = none (every caller "
+                                   "is anonymous): a proxy that does not authenticate would pass forged ones on")
 
     def __post_init__(self):
+        import ipaddress
+
         from kbgate.access import check_policy
         check_policy(self.anonymous)  # ConfigError naming [auth] anonymous
+        for item in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except (TypeError, ValueError):
+                raise ConfigError(f"config: [auth] trusted_proxies: {item!r} is not an IP address or network "
+                                  "such as \"127.0.0.1\" or \"10.0.0.0/8\"") from None
 
 
 @dataclass(frozen=True)

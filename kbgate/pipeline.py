@@ -3,6 +3,11 @@
 `ask(query)` returns a `Result`; `ask(query, stream=True)` yields events
 `("sentiment", {...})`, `("sources", [...])`, `("token", str)`... and
 `("done", result_dict)`. Plain Python: no Flask here.
+
+`caller` (kbgate.access.Caller) limits every stage to the pages that caller may read:
+retrieval, sources, suggestions, the fix section quoted for a troubleshooting reply. None
+means no restriction and is for in-process tools only (bench/, `kbgate eval`); the front
+ends always pass a Caller for a request from the network (web.identity).
 """
 from __future__ import annotations
 
@@ -101,23 +106,26 @@ class Pipeline:
         base = self.cfg.server.wiki_base_url.rstrip("/")
         return f"{base}/docs/{page}" + (f"#{anchor}" if anchor else "")
 
-    def search(self, query: str, k: int, *, troubleshooting: bool = False, tags=None) -> list[Source]:
-        hits = self.retriever.search(query, k=k, prefer_troubleshooting=troubleshooting, tags=tags)
-        return [self._source(i + 1, h) for i, h in enumerate(hits)]
+    def search(self, query: str, k: int, *, troubleshooting: bool = False, tags=None, caller=None) -> list[Source]:
+        """Sources for `query` among the pages `caller` may read (None: all)."""
+        hits = self.retriever.search(query, k=k, prefer_troubleshooting=troubleshooting, tags=tags, caller=caller)
+        return [self._source(i + 1, h, caller) for i, h in enumerate(hits)]
 
-    def _source(self, n: int, h) -> Source:
+    def _source(self, n: int, h, caller=None) -> Source:
         return Source(n, h.page, h.title, h.heading, h.anchor, h.path, self.url(h.page, h.anchor),
                       round(float(h.score), 5), round(float(h.relevance), 4), h.type, _snippet(h.text),
-                      self.retriever.section_text(h))
+                      self.retriever.section_text(h, caller))
 
     def ask(self, query: str, *, stream: bool = False, k: int | None = None, tags=None,
-            max_new_tokens: int | None = None, cancelled: Callable[[], bool] | None = None):
+            max_new_tokens: int | None = None, cancelled: Callable[[], bool] | None = None, caller=None):
         """Answer one query: a Result, or with stream=True an iterator of (event, data).
 
         `cancelled()` true (the client is gone) stops the work between decode steps with Cancelled.
+        `caller`: only pages it may read reach the answer, its sources and suggestions (None: all;
+        never None for a network request).
         """
         query = check_query(query, self.cfg.gate.max_query_chars)
-        events = Events(self._run(query, k or self.cfg.retrieval.k, tags, max_new_tokens, cancelled))
+        events = Events(self._run(query, k or self.cfg.retrieval.k, tags, max_new_tokens, cancelled, caller))
         if stream:
             return events
         for kind, data in events:
@@ -125,16 +133,17 @@ class Pipeline:
                 return data
         raise RuntimeError("pipeline ended without a result")
 
-    def _run(self, query: str, k: int, tags, max_new_tokens, cancelled) -> Iterator[tuple[str, object]]:
+    def _run(self, query: str, k: int, tags, max_new_tokens, cancelled, caller) -> Iterator[tuple[str, object]]:
         with self.admit("search", cancelled) as ticket:
             try:
-                yield from self._stages(query, k, tags, max_new_tokens, cancelled or (lambda: False), ticket.overdue)
+                yield from self._stages(query, k, tags, max_new_tokens, cancelled or (lambda: False), ticket.overdue,
+                                        caller)
             except (Cancelled, GeneratorExit):
                 ticket.record = False  # cut short: its duration would skew the expected wait
                 raise
 
     def _stages(self, query: str, k: int, tags, max_new_tokens, cancelled,
-                overdue=lambda: False) -> Iterator[tuple[str, object]]:
+                overdue=lambda: False, caller=None) -> Iterator[tuple[str, object]]:
         t0 = time.perf_counter()
         ms = lambda: round((time.perf_counter() - t0) * 1000, 1)  # noqa: E731
         timings: dict = {}
@@ -150,7 +159,8 @@ class Pipeline:
         if cancelled():
             raise Cancelled("the client went away")
         t_r = time.perf_counter()
-        hits = self.search(query, max(k, self.cfg.answer.passages), troubleshooting=trouble, tags=tags)
+        hits = self.search(query, max(k, self.cfg.answer.passages), troubleshooting=trouble, tags=tags,
+                           caller=caller)
         timings["retrieval"] = round((time.perf_counter() - t_r) * 1000, 1)
         relevant = [h for h in hits if h.relevance >= self.cfg.answer.min_score]
         passages = relevant[: self.cfg.answer.passages]
@@ -189,7 +199,7 @@ class Pipeline:
             text, cited, notes = self._check(text, given, query, lang, trouble)
             reason += "".join(f"; {x}" for x in notes)
         if trouble:
-            text, cited, note = self._troubleshoot(text, cited, given, passages, lang, example)
+            text, cited, note = self._troubleshoot(text, cited, given, passages, lang, example, caller)
             reason += note
         if not cited:
             yield from self._no_answer(query, sentiment, hits, lang, trouble, timings, ms,
@@ -224,12 +234,12 @@ class Pipeline:
         return text, citations(text, len(given)), notes
 
     def _troubleshoot(self, text: str, cited: list[int], given: list[Passage], passages: list[Source],
-                      lang: str, example: str) -> tuple[str, list[int], str]:
+                      lang: str, example: str, caller=None) -> tuple[str, list[int], str]:
         """At least two steps from the best page's fix section, an acknowledgement in
         the query's language, no copied example and no contact (it is appended once)."""
         # the best-ranked troubleshooting page with a fix section, else any page with one (an FAQ chunk is
         # typed troubleshooting but has no steps; a how-to page's "连接步骤" are not a fix)
-        fixes = {p.page: self.retriever.steps_section(p.page) for p in passages}
+        fixes = {p.page: self.retriever.steps_section(p.page, caller) for p in passages}
         target = (next((pg for pg, fix in fixes.items() if fix and fix.type == "troubleshooting"), None)
                   or next((p.page for p in passages if is_steps_section(p.heading) or fixes[p.page]), None))
         esc = self.cfg.escalation
@@ -245,21 +255,21 @@ class Pipeline:
         pages = [target] if target else []
         pages += [p.page for p in passages if p.page not in pages and (fixes[p.page] or is_steps_section(p.heading))]
         for page in pages or [None]:
-            quoted = self._quote_fix(page, given, passages, lang)
+            quoted = self._quote_fix(page, given, passages, lang, caller)
             if quoted:
                 return (*quoted, "; the model's reply had no grounded steps from a fix section, "
                                  "so the wiki's steps are quoted")
         return text, cited, ""
 
-    def _quote_fix(self, page: str | None, given: list[Passage], passages: list[Source], lang: str):
+    def _quote_fix(self, page: str | None, given: list[Passage], passages: list[Source], lang: str, caller=None):
         """The quoted steps of `page`'s fix section (among the passages, or fetched from the index)."""
         quoted = quoted_steps_reply([g for g in given if page is None or g.page == page], lang)
         if quoted or page is None:
             return quoted
-        fix = self.retriever.steps_section(page)
+        fix = self.retriever.steps_section(page, caller)  # None for a page the caller may not read
         if fix and (fix.page, fix.heading) not in {(p.page, p.heading) for p in passages}:
             # the page's own fix section, though it did not rank among the passages
-            extra = self._source(len(passages) + 1, fix)
+            extra = self._source(len(passages) + 1, fix, caller)
             quoted = quoted_steps_reply([Passage(extra.n, extra.title, extra.heading, extra.text, extra.page)], lang)
             if quoted:
                 passages.append(extra)  # the done event carries the final sources

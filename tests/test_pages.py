@@ -126,9 +126,10 @@ def test_answer_citations_link_to_their_sections_and_html_is_escaped():
     assert "&lt;img src=x onerror=alert(1)&gt;<br>" in html and "<code>[1]</code>" in html
 
 
-def test_doc_list_page_links_every_page(client, services):
+def test_doc_list_page_links_every_page_an_anonymous_caller_may_read(client, services):
     html = client.get("/docs").get_data(as_text=True)
-    assert html.count('href="/docs/') == len(services.retriever.index.page_list())
+    public = [p for p in services.retriever.index.page_list() if not p.audience]
+    assert html.count('href="/docs/') == len(public) and all(f'href="/docs/{p.id}"' in html for p in public)
 
 
 def test_unknown_page_is_an_html_404_with_the_message_escaped(client):

@@ -7,6 +7,10 @@ TooLarge, NotFound, Busy, NotReady) go to the app's handler, which answers
 SSE: `event: <kind>\\ndata: <json>\\n\\n` for sentiment, sources, token..., then done
 (the same body as the JSON answer) or error. The first event is pulled before the
 response starts, so a bad query or a full queue is still a plain 4xx/503.
+
+Every route that shows wiki text reads as the request's caller (web.identity: the SSO
+proxy's headers, else anonymous): a page it may not read is never a source, a suggestion
+or a list entry, and is the same 404 as a page that does not exist.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from flask import Blueprint, Response, jsonify, request
 from kbgate.errors import BadInput, IndexUnavailable, KBGateError, TooLarge
 from kbgate.text import check_query
 from web import client_gone, state
+from web.identity import request_caller
 from web.render import docs_href, render_answer
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -92,7 +97,9 @@ def search():
     if wants_stream(body):
         return event_stream(query, k, tags)
     services = state().get()
-    return jsonify(result_body(services.pipeline.ask(query, k=k, tags=tags, cancelled=client_gone()), services))
+    caller = request_caller(services.cfg)
+    return jsonify(result_body(services.pipeline.ask(query, k=k, tags=tags, cancelled=client_gone(),
+                                                     caller=caller), services))
 
 
 @bp.post("/search/stream")
@@ -110,7 +117,9 @@ def sse(kind: str, data) -> str:
 
 def event_stream(query, k, tags) -> Response:
     services = state().get()
-    events = services.pipeline.ask(query, stream=True, k=k, tags=tags, cancelled=client_gone())  # BadInput here
+    caller = request_caller(services.cfg)  # taken in the request: the body streams after it has ended
+    events = services.pipeline.ask(query, stream=True, k=k, tags=tags, cancelled=client_gone(),
+                                   caller=caller)  # BadInput here
     first = next(events)  # takes a job slot: Busy here is still a 503 with Retry-After
 
     def body():
@@ -159,17 +168,18 @@ def _index(services):
 
 @bp.get("/docs")
 def doc_list():
-    """Every wiki page: id, title, tags, type."""
-    pages = _index(state().get()).page_list()
+    """Every wiki page the caller may read: id, title, tags, type."""
+    services = state().get()
+    pages = _index(services).page_list(request_caller(services.cfg))
     return {"pages": [{"id": p.id, "title": p.title, "tags": list(p.tags), "type": p.type,
                        "html_url": docs_href(p.id)} for p in pages]}
 
 
 @bp.get("/docs/<path:page_id>")
 def doc(page_id: str):
-    """One wiki page's markdown and metadata (404 for an unknown id)."""
+    """One wiki page's markdown and metadata (404 for an unknown id, and for a page the caller may not read)."""
     services = state().get()
-    p = _index(services).get_page(page_id)
+    p = _index(services).readable(page_id, request_caller(services.cfg))
     return {"id": p.id, "path": p.path, "title": p.title, "tags": list(p.tags), "type": p.type,
             "meta": p.meta, "sha256": p.sha256, "markdown": p.text,
             "url": services.pipeline.url(p.id), "html_url": docs_href(p.id)}

@@ -16,10 +16,16 @@ that concatenates the deltas ends with exactly the `answer` of /api/search.
 Not handled: tools/function calling, logprobs, images, `n` > 1. Task "search"
 answers the last user message alone, with the pipeline's own generation
 settings (sampling fields are validated but only "chat" uses them).
+
+Task "search" reads as the key's caller: with keys configured (`[openai] auth_env`), a
+valid key is an authenticated caller with no groups (pages with no audience; there is no
+key-to-group mapping yet); with none, the anonymous caller of `[auth] anonymous`. Never
+unrestricted, and the SSO proxy's headers are not read here.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import logging
 import os
@@ -27,15 +33,17 @@ import time
 from contextlib import closing
 from dataclasses import dataclass
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from kbgate.access import Caller, anonymous, authenticated
 from kbgate.admission import Cancelled
 from kbgate.grounding import Passage
 from kbgate.errors import Busy, KBGateError, NotFound, NotReady
 from kbgate.engine import Finish
 from kbgate.text import language
 from web import client_gone, state
+from web.identity import require_reader
 from web.openai_schema import (DONE, LABEL_WORDS, ChatRequest, chunk, completion, decode_body, error_body,
                                invalid, new_id, parse_request, sse, usage)
 
@@ -95,7 +103,9 @@ def _remember_start(setup):
 @bp.before_request
 def require_token():
     """Bearer auth when the configured env var holds tokens (comma-separated); else open."""
-    tokens = [t.strip().encode() for t in os.environ.get(state().cfg.openai.auth_env, "").split(",") if t.strip()]
+    cfg = state().cfg
+    tokens = [t.strip().encode() for t in os.environ.get(cfg.openai.auth_env, "").split(",") if t.strip()]
+    g.v1_caller = anonymous(cfg.auth.anonymous)
     if not tokens:
         return None
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
@@ -104,6 +114,8 @@ def require_token():
     for t in tokens:  # every token compared, each in constant time
         ok |= hmac.compare_digest(given, t)
     if scheme.lower() == "bearer" and ok:
+        # a name for logs and the mask cache that does not reveal the key
+        g.v1_caller = authenticated("api-key:" + hashlib.sha256(given).hexdigest()[:12])
         return None
     resp = error_response(401, "invalid API key" if given else "missing API key: send Authorization: Bearer <key>",
                           code="invalid_api_key")
@@ -161,8 +173,15 @@ def _sentiment(services, req: ChatRequest):
     yield Outcome("stop", usage(services.gate.prompt_tokens(req.query), 1), {"sentiment": s.as_dict()})
 
 
+def v1_caller() -> Caller:
+    """The caller of this /v1 request (set by require_token; anonymous when it did not run)."""
+    caller = g.get("v1_caller") or anonymous(state().cfg.auth.anonymous)
+    return require_reader(caller, f"send Authorization: Bearer <key> with a key from ${state().cfg.openai.auth_env}")
+
+
 def _search(services, req: ChatRequest):
-    events = services.pipeline.ask(req.query, stream=True, cancelled=client_gone())  # refuses a bad query here
+    events = services.pipeline.ask(req.query, stream=True, cancelled=client_gone(),
+                                   caller=v1_caller())  # refuses a bad query here
     with closing(events):  # closing it frees the pipeline's slot
         next(events)  # takes a slot (or raises Busy) and runs the gate
         yield None

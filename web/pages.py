@@ -3,6 +3,8 @@
 The page language is `?lang=zh|en`, else the browser's Accept-Language, else Chinese.
 All script and style come from /static (the CSP forbids inline ones); wiki markdown
 goes through `web.render` (escaped raw HTML, then nh3) before it reaches a template.
+The page list and the pages show only what the request's caller may read (web.identity);
+a restricted page is the same 404 as a missing one.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from flask import Blueprint, make_response, render_template, request
 
 from kbgate.errors import IndexUnavailable, KBGateError
 from web import state
+from web.identity import request_caller
 from web.render import docs_href, render_page
 
 bp = Blueprint("pages", __name__)
@@ -68,10 +71,10 @@ def index():
 
 @bp.get("/docs", strict_slashes=False)
 def doc_list():
-    """Every wiki page, grouped by folder."""
+    """Every wiki page the caller may read, grouped by folder."""
     index = wiki_index()
     groups: dict[str, list] = defaultdict(list)
-    for p in index.page_list():
+    for p in index.page_list(request_caller(state().cfg)):
         groups[p.id.split("/", 1)[0] if "/" in p.id else ""].append((p, docs_href(p.id)))
     return _render("docs.html", groups=sorted(groups.items()))
 
@@ -79,7 +82,7 @@ def doc_list():
 @bp.get("/docs/<path:page_id>")
 def doc(page_id: str):
     """One wiki page rendered to safe HTML, headings anchored like the chunker's sections."""
-    page = wiki_index().get_page(page_id)  # NotFound -> 404 page
+    page = wiki_index().readable(page_id, request_caller(state().cfg))  # NotFound (also: not readable) -> 404
     html = render_page(page.text, page.id)
     return _render("doc.html", page=page, body=html, has_h1="<h1" in html,
                    meta={k: v for k, v in page.meta.items() if isinstance(v, (str, int, float))})

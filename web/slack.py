@@ -8,6 +8,11 @@ within the request; a bounded per-app pool (`slack.workers`, `slack.max_pending`
 and POSTs the blocks to `response_url`, but only to an allow-listed host. The answer
 comes from an `answer(question, tags) -> result dict` callable: the pipeline inside
 `kbgate serve`, or an upstream search service in `kbgate slack-proxy` (web.slack_proxy).
+
+Inside `kbgate serve` the asker is the anonymous caller of `[auth] anonymous` (no Slack
+user-to-group mapping yet), so a reply, public or not, shows only pages with no audience;
+with "deny" the asker is told Slack is not mapped instead. The proxy's upstream applies
+its own rules (the proxy sends no identity: anonymous there too).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from flask import Blueprint, current_app, jsonify, request
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.webhook import WebhookClient
 
+from kbgate.access import anonymous
 from kbgate.config import Config
 from kbgate.errors import KBGateError
 from web import slack_blocks as sb
@@ -137,11 +143,18 @@ def init_app(app, cfg: Config, answer: Answer) -> Responder:
 
 @bp.record_once
 def _default_responder(setup) -> None:
-    """Inside `kbgate serve`: answer with the app's own pipeline."""
+    """Inside `kbgate serve`: answer with the app's own pipeline, as the anonymous caller."""
     app = setup.app
     if "slack" not in app.extensions:
         st = app.extensions["kbgate"]
-        init_app(app, st.cfg, lambda question, tags: st.get().pipeline.ask(question, tags=tags).as_dict())
+
+        def answer(question, tags):
+            from web.identity import require_reader
+
+            caller = require_reader(anonymous(st.cfg.auth.anonymous),
+                                    "Slack users are not mapped to wiki identities yet, so Slack cannot answer here")
+            return st.get().pipeline.ask(question, tags=tags, caller=caller).as_dict()
+        init_app(app, st.cfg, answer)
 
 
 def _plain(text: str, status: int):
