@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from kbgate.index_cli import index_cmd, search_cmd
+from kbgate.index_cli import cli_caller, index_cmd, search_cmd
 from kbgate.config import Config, load_config
 from kbgate.errors import KBGateError
 from kbgate.eval.cli import eval_cmd
@@ -99,18 +99,27 @@ def sentiment(file):
 @click.argument("query")
 @click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
-def ask(query, index_dir, as_json):
+@click.option("--as", "as_user", default=None, metavar="USER",
+              help="answer from the pages USER may read (with --groups); default: every page")
+@click.option("--groups", default=None, metavar="G1,G2", help="the groups of --as USER (comma-separated)")
+@click.option("--anonymous", is_flag=True, help="answer as a caller with no identity ([auth] anonymous)")
+def ask(query, index_dir, as_json, as_user, groups, anonymous):
     """Answer QUERY: gate, route, retrieval, grounded answer.
 
     The model's reply streams to stderr as it is decoded (provisional); stdout gets the
     final answer, the same text as /api/search's `answer`, then its sources.
+    --as USER --groups hr,oncall (or --anonymous) answers as that caller would be
+    answered: pages it may not read are no source, suggestion or quoted step.
     """
     from kbgate.service import load_services
 
     cfg = _cfg()
     try:
+        caller = cli_caller(cfg, as_user, groups, anonymous)  # bad names fail before any model loads
         services = load_services(cfg, index_dir)
-        for kind, data in services.pipeline.ask(query, stream=True):
+        if caller is not None and not as_json:
+            click.echo(f"as {caller.describe()}", err=True)
+        for kind, data in services.pipeline.ask(query, stream=True, caller=caller):
             if kind == "sentiment" and not as_json:
                 click.echo(f"[{data['label']} {data['confidence']:.2f}]", err=True)
             elif kind == "token" and not as_json:
@@ -120,7 +129,8 @@ def ask(query, index_dir, as_json):
     except KBGateError as e:
         raise click.ClickException(e.message) from None
     if as_json:
-        click.echo(json.dumps(result, ensure_ascii=False))
+        who = {"caller": caller.to_dict()} if caller is not None else {}
+        click.echo(json.dumps({**result, **who}, ensure_ascii=False))
         return
     click.echo("\n", err=True)
     click.echo(result["answer"])
