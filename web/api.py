@@ -97,7 +97,7 @@ def search():
     if wants_stream(body):
         return event_stream(query, k, tags)
     services = state().get()
-    caller = request_caller(services.cfg)
+    caller = request_caller(state().cfg)
     return jsonify(result_body(services.pipeline.ask(query, k=k, tags=tags, cancelled=client_gone(),
                                                      caller=caller), services))
 
@@ -117,7 +117,7 @@ def sse(kind: str, data) -> str:
 
 def event_stream(query, k, tags) -> Response:
     services = state().get()
-    caller = request_caller(services.cfg)  # taken in the request: the body streams after it has ended
+    caller = request_caller(state().cfg)  # taken in the request: the body streams after it has ended
     events = services.pipeline.ask(query, stream=True, k=k, tags=tags, cancelled=client_gone(),
                                    caller=caller)  # BadInput here
     first = next(events)  # takes a job slot: Busy here is still a 503 with Retry-After
@@ -170,7 +170,7 @@ def _index(services):
 def doc_list():
     """Every wiki page the caller may read: id, title, tags, type."""
     services = state().get()
-    pages = _index(services).page_list(request_caller(services.cfg))
+    pages = _index(services).page_list(request_caller(state().cfg))
     return {"pages": [{"id": p.id, "title": p.title, "tags": list(p.tags), "type": p.type,
                        "html_url": docs_href(p.id)} for p in pages]}
 
@@ -179,7 +179,7 @@ def doc_list():
 def doc(page_id: str):
     """One wiki page's markdown and metadata (404 for an unknown id, and for a page the caller may not read)."""
     services = state().get()
-    p = _index(services).readable(page_id, request_caller(services.cfg))
+    p = _index(services).readable(page_id, request_caller(state().cfg))
     return {"id": p.id, "path": p.path, "title": p.title, "tags": list(p.tags), "type": p.type,
             "meta": p.meta, "sha256": p.sha256, "markdown": p.text,
             "url": services.pipeline.url(p.id), "html_url": docs_href(p.id)}
