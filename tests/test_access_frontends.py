@@ -241,3 +241,99 @@ def test_the_caller_is_what_the_pipeline_gets(answering, monkeypatch):
     assert seen[0] == authenticated("mallory", ["eng", "it", "people", "office"])
     assert {c.user for c in seen[3:9]} == {None}  # forged (untrusted peer) and no headers: anonymous
     assert seen[-3].user.startswith("api-key:") and API_KEY not in seen[-3].user and not seen[-3].groups
+
+
+# ---- identity: deny, trusted proxies, config, CLI options ------------------------------------------
+@pytest.fixture
+def deny_app(make_services):
+    s = make_services("见 [1]。", **MODES["answer"][1])
+    cfg = s.cfg.replace(auth={"anonymous": "deny", "trusted_proxies": ["10.0.0.0/8", "::1"]},
+                        slack={"allowed_response_hosts": ["127.0.0.1"], "allow_http": True})
+    return create_app(cfg, services=s)
+
+
+@pytest.mark.parametrize("peer", ["10.1.2.3", "::1", "::ffff:10.9.9.9"])
+def test_sso_headers_from_a_trusted_proxy_are_the_caller(deny_app, peer):
+    c = deny_app.test_client()
+    env = {"REMOTE_ADDR": peer}
+    r = c.post("/api/search", json={"query": "VPN"}, headers=OUTSIDER, environ_base=env)
+    assert r.status_code == 200 and r.get_json()["sources"]
+    assert c.get("/docs/it/vpn", headers={"X-Forwarded-Email": "a@acme.example"}, environ_base=env).status_code == 200
+    r = c.get("/api/docs/eng/break-glass", headers={"X-Forwarded-User": "ops", "X-Forwarded-Groups": " oncall , /x "},
+              environ_base=env)  # spaces trimmed; '/x' is no group name and is dropped, not an error
+    assert r.status_code == 200 and CANARIES["eng/break-glass"] in r.get_json()["markdown"]
+
+
+@pytest.mark.parametrize("path,method", [("/api/search", "post"), ("/api/search/stream", "post"),
+                                         ("/api/docs", "get"), ("/api/docs/it/vpn", "get")])
+def test_deny_answers_anonymous_api_callers_401_naming_what_is_missing(deny_app, path, method):
+    c = deny_app.test_client()
+    kw = {"json": {"query": "VPN"}} if method == "post" else {}
+    r = getattr(c, method)(path, environ_base={"REMOTE_ADDR": "10.0.0.5"}, **kw)
+    assert r.status_code == 401 and r.get_json()["error"]["code"] == "unauthenticated"
+    assert 'anonymous = "deny"' in r.get_json()["error"]["message"] and "X-Forwarded-User" in r.get_json()["error"]["message"]
+    # forged from a peer that is no proxy: the message says why they were ignored
+    r = getattr(c, method)(path, headers=insider(["oncall"]), environ_base={"REMOTE_ADDR": UNTRUSTED}, **kw)
+    msg = r.get_json()["error"]["message"]
+    assert r.status_code == 401 and UNTRUSTED in msg and "trusted_proxies" in msg
+
+
+def test_deny_on_pages_v1_and_slack(deny_app, monkeypatch):
+    c = deny_app.test_client()
+    for path in ("/docs", "/docs/it/vpn"):
+        r = c.get(path)
+        assert r.status_code == 401 and r.mimetype == "text/html" and "trusted_proxies" not in r.get_data(as_text=True)
+    assert c.get("/").status_code == 200  # the search page itself shows no wiki text
+    server, base = serve_in_thread(deny_app)
+    sink = Sink()
+    try:
+        monkeypatch.delenv("KBGATE_API_KEYS", raising=False)
+        oa = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30)
+        with pytest.raises(Exception) as e:
+            oa.chat.completions.create(model="m", messages=[{"role": "user", "content": "VPN"}],
+                                       extra_body={"task": "search"})
+        assert getattr(e.value, "status_code", None) == 401 and "KBGATE_API_KEYS" in str(e.value)
+        monkeypatch.setenv("KBGATE_API_KEYS", API_KEY)  # a valid key is an identity: public pages
+        oa = OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0, timeout=30)
+        r = oa.chat.completions.create(model="m", messages=[{"role": "user", "content": "VPN"}],
+                                       extra_body={"task": "search"})
+        assert r.model_extra["kbgate"]["sources"]
+        monkeypatch.setenv("SLACK_SIGNING_SECRET", SECRET)
+        body = slash_body("VPN", sink.url)
+        assert c.post("/slack/commands", data=body, headers=signed(body)).status_code == 200
+        post = json.dumps(sink.wait(1, timeout=30)[0], ensure_ascii=False)
+        assert "Slack users are not mapped" in post and "sources" not in post
+    finally:
+        stop(server)
+        sink.close()
+
+
+def test_a_bad_trusted_proxy_is_a_config_error_naming_it():
+    from kbgate.config import load_config
+    from kbgate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\[auth\] trusted_proxies: 'proxy.local' is not an IP address"):
+        load_config().replace(auth={"trusted_proxies": ["127.0.0.1", "proxy.local"]})
+    assert load_config().auth.trusted_proxies == []  # the default trusts no headers at all
+
+
+def test_kbgate_ask_caller_options(make_services, monkeypatch, restricted):
+    from kbgate import cli, service
+
+    s = make_services("见 [1]。", **MODES["answer"][1])
+    monkeypatch.setattr(service, "load_services", lambda cfg, index_dir=None: s)
+    bg = restricted["eng/break-glass"]
+    q = canary_sentence(bg.text, CANARIES[bg.id])
+    run = lambda *a: CliRunner().invoke(cli.main, ["ask", *a, q])  # noqa: E731
+    as_sre = run("--as", "sam", "--groups", "sre", "--json")
+    assert as_sre.exit_code == 0 and json.loads(as_sre.stdout)["caller"] == {
+        "user": "sam", "groups": ["sre"], "public": True, "within": []}
+    assert bg.id in {x["page"] for x in json.loads(as_sre.stdout)["sources"]}
+    assert bg.id in run().stdout  # no option: an in-process tool, every page
+    plain = run("--as", "mallory")
+    assert plain.exit_code == 0 and "as mallory (groups: none)" in plain.stderr and bg.id not in plain.stdout
+    for bad, msg in ((("--groups", "hr"), "--groups needs --as USER"),
+                     (("--anonymous", "--as", "x"), "--anonymous cannot be combined"),
+                     (("--as", "x", "--groups", "h r"), "is not a group name")):
+        r = run(*bad)
+        assert r.exit_code != 0 and msg in r.output, r.output

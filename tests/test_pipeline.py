@@ -108,3 +108,50 @@ def test_copied_passage_headers_are_removed_from_the_answer(make_services):
     r = s.pipeline.ask("How do I book a meeting room?")
     assert r.route == "answer" and "(Meeting rooms › Booking)" not in r.answer
     assert "Book it in Outlook [1]." in r.answer and "approval [2]" in r.answer
+
+
+class Recording:
+    """The retriever, recording the caller each of its reading methods was given."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if name not in ("search", "section_text", "steps_section"):
+            return attr
+
+        def call(*a, **kw):
+            self.calls.append((name, kw["caller"] if "caller" in kw else a[1] if len(a) > 1 else "MISSING"))
+            return attr(*a, **kw)
+        return call
+
+
+@pytest.mark.parametrize("route", ["answer", "troubleshooting"])
+def test_the_caller_reaches_every_retrieval_call(make_services, route):
+    from kbgate.access import authenticated
+
+    reply = "我理解你的心情 [1]。" if route == "troubleshooting" else ANSWER
+    s = make_services(reply, gate={"negative_threshold": 0.0 if route == "troubleshooting" else 1.01},
+                      answer={"min_score": 0.0})
+    s.pipeline.retriever = rec = Recording(s.retriever)
+    who = authenticated("mallory", ["eng"])
+    r = s.pipeline.ask("Production break-glass access", caller=who)
+    assert r.route == route and rec.calls
+    assert {name for name, _ in rec.calls} >= ({"search", "section_text", "steps_section"} if route == "troubleshooting"
+                                                 else {"search", "section_text"})
+    assert all(c is who for _, c in rec.calls), rec.calls
+    assert "eng/break-glass" not in {x.page for x in r.sources} and "bg-root-prod-5c7e" not in r.answer
+
+
+def test_a_restricted_fix_section_is_never_quoted_for_an_outsider(make_services):
+    from kbgate.access import anonymous, authenticated
+
+    s = make_services("", gate={"negative_threshold": 0.0}, answer={"min_score": 0.0})
+    for caller, shown in ((anonymous("public-only"), False), (authenticated("m", ["eng"]), False),
+                          (authenticated("o", ["oncall"]), True), (None, True)):
+        passages: list = []
+        quoted = s.pipeline._quote_fix("eng/break-glass", [], passages, "en", caller)
+        assert bool(quoted) == shown and bool(passages) == shown, caller
+        if shown:
+            assert passages[0].page == "eng/break-glass" and "bg-root-prod-5c7e" in passages[0].text
