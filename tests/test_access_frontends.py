@@ -337,3 +337,14 @@ def test_kbgate_ask_caller_options(make_services, monkeypatch, restricted):
                      (("--as", "x", "--groups", "h r"), "is not a group name")):
         r = run(*bad)
         assert r.exit_code != 0 and msg in r.output, r.output
+
+
+def test_the_rate_limit_is_per_sso_user_and_forged_users_share_the_address(make_services):
+    s = make_services("见 [1]。", server={"rate_per_minute": 1}, **MODES["answer"][1])
+    c = create_app(s.cfg.replace(auth={"trusted_proxies": [TRUSTED]}), services=s).test_client()
+
+    def ask(user, peer=TRUSTED):
+        return c.post("/api/search", json={"query": "VPN"}, headers={"X-Forwarded-User": user},
+                      environ_base={"REMOTE_ADDR": peer}).status_code
+    assert [ask("ann"), ask("bob"), ask("ann")] == [200, 200, 429]  # one proxy address, a bucket per user
+    assert [ask("eve1", UNTRUSTED), ask("eve2", UNTRUSTED)] == [200, 429]  # forged names: one bucket (the address)

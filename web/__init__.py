@@ -90,6 +90,7 @@ def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
         st.load_in_background(loader)
 
     from web import api, openai_api, pages, slack
+    from web.identity import proxy_caller
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(slack.bp)
@@ -102,8 +103,12 @@ def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
     def rate_limit():
         if request.method == "POST" and request.path in MODEL_PATHS:
             token = request.headers.get("Authorization", "").partition(" ")[2].strip()
-            limit.check(f"token:{token}" if token and request.path.startswith("/v1/") else
-                        f"addr:{request.remote_addr}")
+            if token and request.path.startswith("/v1/"):
+                limit.check(f"token:{token}")
+                return
+            # behind the SSO proxy every user shares its address: a bucket per user it vouches for
+            who = None if request.path.startswith("/v1/") else proxy_caller(cfg).user
+            limit.check(f"user:{who}" if who else f"addr:{request.remote_addr}")
 
     @app.get("/healthz")
     def healthz():
