@@ -80,9 +80,12 @@ def judge(row: dict, res: dict) -> dict:
             "ms": (res.get("timings_ms") or {}).get("total"), "answer": res["answer"]}
 
 
-def local_runner(services, max_new_tokens: int | None = None):
-    """Answer through the loaded pipeline."""
-    return lambda q: services.pipeline.ask(q, max_new_tokens=max_new_tokens).as_dict()
+def local_runner(services, max_new_tokens: int | None = None, caller=None):
+    """Answer through the loaded pipeline, as `caller` (default: a signed-in employee in no group,
+    who reads every page without an audience, as the search page would show them)."""
+    from kbgate.access import authenticated
+    who = caller or authenticated("kbgate-eval")
+    return lambda q: services.pipeline.ask(q, max_new_tokens=max_new_tokens, caller=who).as_dict()
 
 
 def http_runner(url: str, timeout: float = 300.0):
