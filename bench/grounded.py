@@ -60,7 +60,10 @@ def main() -> None:
             ask, where = http_runner(args.url), f"through {args.url}/api/search, {cap}"
         else:
             from kbgate.service import load_services
-            ask, where = local_runner(load_services(cfg), args.max_new_tokens), f"in process: {engine}, {cap}"
+            # quality, not load: on a shared machine [server] deadline_s would cut slow answers short
+            cfg = cfg.replace(server={"deadline_s": 3600.0})
+            ask, where = local_runner(load_services(cfg), args.max_new_tokens), \
+                f"in process (no deadline): {engine}, {cap}"
         log = open(args.log, "a", encoding="utf-8") if args.log else None
         if log:
             log.write(json.dumps({"meta": where}, ensure_ascii=False) + "\n")
