@@ -257,7 +257,8 @@ def test_an_answer_streams_through_the_server(remote_engine):
 def test_search_streams_an_answer_and_concurrent_searches_all_finish(remote_engine, hash_retriever):
     from kbgate.service import build
     cfg = remote_engine_cfg(remote_engine).replace(answer={"min_score": 0.0, "max_new_tokens": 40},
-                                                   gate={"negative_threshold": 1.01}, server={"max_pending": 16})
+                                                   gate={"negative_threshold": 1.01},
+                                                   server={"max_pending": 16, "deadline_s": 600.0})
     s = build(cfg, remote_engine, hash_retriever)
     client = create_app(cfg, services=s).test_client()
     r = client.post("/api/search", data=json.dumps({"query": "在家怎么连公司 VPN？", "stream": True}),
