@@ -46,6 +46,14 @@ def table(rows, header=("measure", "result", "notes")) -> str:
     return "\n".join(lines)
 
 
+def write_report(name: str, text: str, no_write: bool = False) -> None:
+    """Print a benchmark's table and, unless `no_write`, put it into BENCHMARKS.md as section `name`."""
+    print("\n" + text)
+    if not no_write:
+        update_file(name, text)
+        print(f"\nwritten to {BENCH_FILE}", file=sys.stderr)
+
+
 def update_file(name: str, section: str) -> None:
     """Replace (or append) the section `name` (markdown, with its own heading) and refresh the
     machine line; other sections stay."""

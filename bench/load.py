@@ -29,7 +29,7 @@ from pathlib import Path
 
 import requests
 
-from common import ROOT, percentiles, table, update_file  # noqa: E402  (puts the repo on sys.path)
+from common import ROOT, percentiles, table, write_report  # noqa: E402  (puts the repo on sys.path)
 from service import QUERIES  # the same mixed zh/en, frustrated/plain queries as bench/service.py
 
 BACKOFF_S = 0.5
@@ -239,10 +239,7 @@ def main(argv=None) -> int:
         f"{rss} Latencies are client side, of admitted (2xx) requests only. 'errors' are dropped connections "
         f"or client timeouts ({args.timeout:g} s); 'other 5xx' anything but 503 ({bad} bad in all).",
     ] + (["", table(faults, ("fault", "result", "notes"))] if faults else []))
-    print("\n" + text)
-    if not args.no_write:
-        update_file("load", text)
-        print(f"\nwritten to {ROOT / 'BENCHMARKS.md'}", file=sys.stderr)
+    write_report("load", text, args.no_write)
     return 1 if bad else 0
 
 

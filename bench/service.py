@@ -27,7 +27,7 @@ from pathlib import Path
 
 import requests
 
-from common import ROOT, update_file  # noqa: E402  (puts the repo on sys.path)
+from common import write_report  # noqa: E402  (puts the repo on sys.path)
 QUERIES = ["在家怎么连接公司 VPN？", "How do I reset my password?", "打印机怎么添加？",
            "VPN 又连不上了，烦死了！", "How many days of annual leave do I get?", "报销被驳回了怎么办",
            "Wi-Fi keeps dropping in the office, this is so annoying", "新员工入职第一天要做什么？"]
@@ -189,10 +189,7 @@ def main(argv=None) -> int:
         "those requests are answered 503 with `Retry-After` at once, as a client should see; "
         f"'bad 5xx' counts anything else in the 5xx range or a dropped connection ({bad} in this run).",
     ])
-    print("\n" + text)
-    if not args.no_write:
-        update_file("service", text)
-        print(f"\nwritten to {ROOT / 'BENCHMARKS.md'}", file=sys.stderr)
+    write_report("service", text, args.no_write)
     return 1 if bad else 0
 
 

@@ -270,12 +270,13 @@ class Retriever:
         cosines = {name: ix.dense[name].reconstruct_batch(rows) @ v for name, v in qvecs.items()}
         lex = coverage(ix, terms, picked)
         dense_names = [e.name for e in self.embedders if e.name in qvecs]
+        lang = detect_lang(query)
         hits = []
         for j, key in enumerate(order):
             d_ranks = [ranks[n][key][0] for n in ranks if n != BM25 and key in ranks[n]]
             cos = {n: float(cosines[n][j]) for n in dense_names}
             first_cos = cos[dense_names[0]] if dense_names else 0.0
-            crossed = self.page_lang(picked[j]) != detect_lang(query)
+            crossed = self.page_lang(picked[j]) != lang
             hits.append(self._hit(picked[j], float(fused[key]), min(d_ranks) if d_ranks else None,
                                   ranks[BM25][key][0] if key in ranks[BM25] else None, first_cos,
                                   float(b_all[j]), self.topic_relevance(cos, float(lex[j]), tokens, crossed)))
