@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from kbgate.admission import Admission, Cancelled
+from kbgate.admission import CUT_MARGIN, Admission, Cancelled
 from kbgate.errors import Busy
 from web import create_app
 from web.server import serve_in_thread
@@ -78,6 +78,16 @@ def test_the_estimate_follows_measured_durations():
     cut.record = False  # a cancelled request says nothing about how long answers take
     cut.release()
     assert adm.expected("search") == 2.0
+
+
+def test_a_reply_is_cut_before_its_deadline_leaving_time_to_send_it():
+    now = [100.0]
+    adm = Admission(slots=1, queue=1, deadline_s=60, clock=lambda: now[0])
+    with adm.enter("search") as ticket:
+        now[0] += 60 * (1 - CUT_MARGIN) - 0.5
+        assert not ticket.overdue()
+        now[0] += 1.0  # inside the margin: the answer so far is checked and sent, so it ends by the deadline
+        assert ticket.overdue() and now[0] < 100.0 + 60
 
 
 def test_a_queued_client_that_leaves_gives_its_place_back():
