@@ -28,6 +28,7 @@ UNITS = [
     ("minute", r"分钟|minutes?|mins?"),
     ("second", r"秒|seconds?|secs?"),
     ("percent", r"%|percent|per cent"),
+    ("usd", r"美元|美金|usd|us dollars?|dollars?"),  # before money: 60 美元 is not 60 元
     ("money", r"元|块|rmb|cny|yuan"),
     ("times", r"次|times"),
     ("people", r"人|名|位|people|persons?"),
@@ -36,7 +37,7 @@ _UNIT = re.compile("|".join(f"(?P<{c}>{p})" for c, p in UNITS), re.I)
 _UNIT_AFTER = "|".join(p for _, p in UNITS)
 _NUM = r"\d+(?:\.\d+)?"
 _QUANTITY = re.compile(
-    rf"(?<![A-Za-z0-9_.])(?P<cur>[¥$]|rmb\s*|cny\s*)?(?P<a>{_NUM})(?:\s*(?:-|–|—|~|至|到|to)\s*(?P<b>{_NUM}))?"
+    rf"(?<![A-Za-z0-9_.])(?P<cur>[¥$]|us\$\s*|usd\s*|rmb\s*|cny\s*)?(?P<a>{_NUM})(?:\s*(?:-|–|—|~|至|到|to)\s*(?P<b>{_NUM}))?"
     rf"(?:\s*(?P<unit>{_UNIT_AFTER})(?![a-z]))?", re.I)
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>()\[\]`'\"“”，。；、]+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+|"
                   r"(?<![\w.@/-])[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:example|internal|local|corp|com|net|org|io|cn)"
@@ -137,13 +138,14 @@ def values(text: str) -> set[Value]:
 
     text = _CODE.sub(code, text)
     for m in _QUANTITY.finditer(text):
-        unit = "money" if m.group("cur") else _unit_class(m.group("unit"))
+        cur = (m.group("cur") or "").strip().lower()
+        unit = ("usd" if cur in ("$", "us$", "usd") else "money") if cur else _unit_class(m.group("unit"))
         for n in filter(None, (m.group("a"), m.group("b"))):
             out.add(Value("num", _num(n), unit))
     return out
 
 
-LENIENT = {"money", "percent"}  # a table column may carry these units in its header only
+LENIENT = {"money", "usd", "percent"}  # a table column may carry these units in its header only
 
 
 def stated(v: Value, pool: set[Value]) -> bool:

@@ -128,6 +128,7 @@ Message your manager **before 10:00** on the first day you are off.""", "hr/sick
 @pytest.mark.parametrize("text, found", [
     ("15 天", {"15 day"}), ("１５天", {"15 day"}), ("十五天", {"15 day"}), ("两个工作日", {"2 workday"}),
     ("¥1,500", {"1500 money"}), ("1，500 元", {"1500 money"}), ("RMB 300", {"300 money"}),
+    ("每天 60 美元", {"60 usd"}), ("$60 a day", {"60 usd"}), ("USD 250", {"250 usd"}), ("250 dollars", {"250 usd"}),
     ("before 10:00", {"10:00"}), ("上午 9:00–13:00", {"9:00", "13:00"}), ("10：00 前", {"10:00"}),
     ("错误码E02", {"e02"}), ("Error `AUTH-403: user not permitted`", {"auth-403"}),
     ("3 working days", {"3 workday"}), ("three working days", {"3 workday"}), ("10 个工作日", {"10 workday"}),
@@ -147,6 +148,8 @@ def test_a_value_must_be_in_the_passage_with_its_unit_not_inside_another_number(
     assert missing("陪产假有 10 working days。", "陪产假 | 10 个工作日") == []  # units cross languages
     assert [str(v) for v in missing("陪产假每年 5 天", "育儿假 | 每年 5 个工作日")] == ["5 day"]
     assert [str(v) for v in missing("Call 800.", "call extension 8000")] == ["800"]
+    assert [str(v) for v in missing("国际出差每天 60 元。", "国际出差：每天 **60 美元**")] == ["60 money"]  # not yuan
+    assert missing("International trips get $60 a day.", "国际出差：每天 **60 美元**") == []
     assert [str(v) for v in missing("Error AUTH-404 [1].", "Error AUTH-403")] == ["auth-404"]
     assert missing("工作 3 年的员工有 15 天", "| 满 1 年不满 10 年 | 15 天 |", query="工作三年的员工年假几天") == []
 
