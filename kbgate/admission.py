@@ -22,6 +22,7 @@ import time
 from collections import deque
 from typing import Callable
 
+from kbgate import metrics
 from kbgate.errors import Busy, KBGateError
 
 POLL_S = 0.1  # how often a waiting request checks whether its client is still there
@@ -65,6 +66,7 @@ class RateLimit:
             tokens = min(float(self.per_minute), tokens + (now - then) * rate)
             if tokens < 1.0:
                 self._buckets[caller] = (tokens, now)
+                metrics.rejected("rate_limit")
                 raise RateLimited(f"more than {self.per_minute} requests a minute from this caller; slow down",
                                   max(1, math.ceil((1.0 - tokens) / rate)))
             self._buckets[caller] = (tokens - 1.0, now)
@@ -128,8 +130,9 @@ class Admission:
                     "queue": self.queue, "expected_wait_s": round(self.expected_wait(), 2), "refused": self.refused}
 
     # ---- entering and leaving ---------------------------------------------------------
-    def _refuse(self, why: str, wait: float) -> Busy:
+    def _refuse(self, why: str, wait: float, reason: str) -> Busy:
         self.refused += 1
+        metrics.rejected(reason)  # queue_full, deadline or queue_timeout
         return Busy(f"{why}; retry shortly", retry_after=max(1, math.ceil(wait)))
 
     def enter(self, kind: str, cancelled: Callable[[], bool] | None = None) -> Ticket:
@@ -139,15 +142,16 @@ class Admission:
             free = len(self._running) < self.slots and not self._waiting
             if not free and len(self._waiting) >= self.queue:
                 raise self._refuse(f"{self.slots + self.queue} requests are already being answered or queued",
-                                   self.expected_wait() or self.expected(kind))
+                                   self.expected_wait() or self.expected(kind), "queue_full")
             wait, work = self.expected_wait(), self.expected(kind)
             if wait + work > self.deadline_s and not free:
                 raise self._refuse(f"the expected wait ({wait:.0f} s) and answer ({work:.0f} s) exceed the "
-                                   f"{self.deadline_s:g} s deadline", wait)
+                                   f"{self.deadline_s:g} s deadline", wait, "deadline")
             if free:
                 return self._take(kind, arrived)
             me = (kind, arrived)
             self._waiting.append(me)
+            metrics.admission_changed(self)
             give_up_at = me[1] + max(0.0, self.deadline_s - work)
             try:
                 while not (self._waiting[0] is me and len(self._running) < self.slots):
@@ -156,10 +160,11 @@ class Admission:
                     left = give_up_at - self.clock()
                     if left <= 0:
                         raise self._refuse("the queue did not move fast enough to answer within the deadline",
-                                           self.expected_wait())
+                                           self.expected_wait(), "queue_timeout")
                     self._cond.wait(min(POLL_S, left))
             except BaseException:
                 self._waiting.remove(me)
+                metrics.admission_changed(self)
                 self._cond.notify_all()  # the next one in line may now be at the head
                 raise
             self._waiting.popleft()
@@ -168,12 +173,14 @@ class Admission:
     def _take(self, kind: str, arrived: float) -> Ticket:
         t = Ticket(self, kind, arrived)
         self._running.append(t)
+        metrics.admission_changed(self)  # multi-process mode only: a live gauge per worker
         return t
 
     def _leave(self, t: Ticket) -> None:
         took = self.clock() - t.start
         with self._cond:
             self._running.remove(t)
+            metrics.admission_changed(self)
             if t.record:
                 self._mean[t.kind] = 0.7 * self._mean[t.kind] + 0.3 * took if t.kind in self._measured else took
                 self._measured.add(t.kind)

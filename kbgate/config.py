@@ -196,6 +196,30 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = _f(True, "serve Prometheus metrics at GET /metrics (no user auth; limited by `allow`)")
+    allow: list = _f(["127.0.0.1", "::1"], "addresses or networks (the TCP peer) that may read /metrics, e.g. "
+                                         "[\"127.0.0.1\", \"10.0.0.0/8\"]; others get 403. Default: this host only")
+
+    def __post_init__(self):
+        import ipaddress
+
+        for item in self.allow:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except (TypeError, ValueError):
+                raise ConfigError(f"config: [metrics] allow: {item!r} is not an IP address or network "
+                                  "such as \"127.0.0.1\" or \"10.0.0.0/8\"") from None
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    requests: bool = _f(True, "one JSON line per request on stderr (id, endpoint, status, route, label, timings)")
+    queries: bool = _f(False, "also log the query text (it can hold personal data: off unless you opt in)")
+    quiet: list = _f(["/healthz", "/readyz", "/metrics"], "paths logged only when they fail (probes, scrapes)")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
@@ -210,6 +234,8 @@ class Config:
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     root: str = field(default=str(ROOT), metadata={"help": "base for relative paths"})
 
     def path(self, p: str) -> Path:

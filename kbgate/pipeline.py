@@ -16,6 +16,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
+from kbgate import metrics
 from kbgate.admission import Admission, Cancelled, Ticket
 from kbgate.answer import Assistant
 from kbgate.grounding import (Passage, attribute, citations, copies_example, count_steps, drop_copied, drop_echo,
@@ -78,7 +79,10 @@ class Events:
         return self
 
     def __next__(self) -> tuple[str, object]:
-        return self._first.pop() if self._first else next(self._gen)
+        item = self._first.pop() if self._first else next(self._gen)
+        if item[0] == "done":
+            metrics.record_result(item[1])  # stage histograms, counters and the request's log line
+        return item
 
     def close(self) -> None:
         self._gen.close()
@@ -177,6 +181,7 @@ class Pipeline:
         with closing(self.assistant.stream(role, query, given, max_new_tokens)) as pieces:
             for piece in pieces:
                 if isinstance(piece, Finish):
+                    metrics.tokens_generated(piece.completion_tokens, role)  # the engine's own count
                     break
                 if cancelled():  # between decode steps: closing the stream stops the engine
                     raise Cancelled("the client went away")

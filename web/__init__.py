@@ -80,12 +80,14 @@ def error_json(code: str, message: str, status: int, retry_after: int | None = N
 def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
     """Build the app. `services`: ready-made (tests); `loader`: a callable run in the background."""
     cfg = cfg or load_config()
+    from web import observability
     app = Flask(__name__)
     app.url_map.merge_slashes = False  # '/api/docs//etc/passwd' is a JSON 404, not a redirect to a merged path
     app.config["MAX_CONTENT_LENGTH"] = cfg.server.max_body_bytes
     app.json.ensure_ascii = False
     st = State(cfg, services)
     app.extensions["kbgate"] = st
+    observability.init_app(app, cfg)  # first: its hooks time, number and log every request, refusals too
     if services is None and loader is not None:
         st.load_in_background(loader)
 
@@ -138,7 +140,7 @@ def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
                     404: f"no such endpoint or page: {request.path}",
                     405: f"{request.method} is not allowed on {request.path}"}
         code = (e.name or "error").lower().replace(" ", "_")
-        if request.path.startswith(("/api", "/healthz", "/readyz", "/slack")) or request.is_json:
+        if request.path.startswith(("/api", "/healthz", "/readyz", "/slack", "/metrics")) or request.is_json:
             return error_json(code, messages.get(e.code, e.description or e.name), e.code or 500)
         return pages.error_page(e.code or 500, messages.get(e.code, e.description or e.name))
 
