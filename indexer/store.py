@@ -9,8 +9,9 @@ the index. A page's audience (who may read it: front matter or its folder's
 but is no part of a chunk's hash: changing only who may read a page writes a
 new version and embeds nothing. When the pages, their audiences, chunking settings and embedder are all unchanged,
 nothing is written and the current version stays (an up-to-date build is cheap
-and never loads the model). A failure or Ctrl-C mid-build deletes the
-partial folder and leaves CURRENT and the previous version untouched.
+and never loads the model; it does load the index, so a version that no longer
+loads is rebuilt). A failure or Ctrl-C mid-build deletes the partial folder and
+leaves CURRENT and the previous version untouched.
 """
 from __future__ import annotations
 
@@ -139,11 +140,12 @@ def build_index(cfg, kb_dir: str | Path, index_dir: str | Path, embedder, progre
     with build_lock(index_dir):
         embs = members(embedder)
         current, manifest, same = _current(index_dir, [e.name for e in embs])
-        if (same and manifest.get("pages") == page_hashes and manifest.get("audience") == audiences
-                and manifest.get("settings") == _settings(cfg)):
+        # loaded first: a published version that no longer loads (a truncated file) is rebuilt, not "up to date"
+        prev = _load_previous(index_dir) if manifest is not None else None
+        if (same and prev is not None and manifest.get("pages") == page_hashes
+                and manifest.get("audience") == audiences and manifest.get("settings") == _settings(cfg)):
             return BuildSummary(len(pages), manifest.get("chunk_count", 0), 0, 0, 0, time.perf_counter() - t0,
                                 current, up_to_date=True, warnings=tuple(warnings), restricted=restricted)
-        prev = _load_previous(index_dir) if manifest is not None else None
         chunks = [c for p in pages for c in chunk_page(p, cfg.index.chunk_tokens, cfg.index.chunk_overlap,
                                                        embedder.count_tokens)]
         if not chunks:

@@ -60,6 +60,10 @@ class IndexConfig:
     chunk_overlap: int = _f(40, "tokens repeated between consecutive pieces of a long section")
     keep_versions: int = _f(2, "old index versions kept beside the current one")
     ivf_min_chunks: int = _f(50000, "from this many chunks on, use an approximate IVF vector index; 0 = always exact")
+    reload_check_s: float = _f(2.0, "the running service checks CURRENT this often (seconds, on requests) and "
+                                     "loads a newly published version in the background; 0 = never")
+    watch_debounce_s: float = _f(1.0, "`kbgate index --watch`: wait for this long without further changes, then "
+                                      "re-index once")
 
 
 @dataclass(frozen=True)

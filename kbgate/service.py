@@ -1,6 +1,13 @@
-"""Build the long-lived objects once: the engine (one model, every role), embedder, index, pipeline."""
+"""Build the long-lived objects once: the engine (one model, every role), embedder, index, pipeline.
+
+The retriever and the pipeline over it are the one part that changes while the service runs:
+`Services.swap` puts a newly published index version in (kbgate.reload, `[index] reload_check_s`)
+as one reference, `Live`. Read `services.pipeline` (or `.retriever`, or `.live()`) once per
+request and keep what you got: that request then finishes on the version it started with.
+"""
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from dataclasses import dataclass
@@ -15,15 +22,72 @@ from kbgate.pipeline import Pipeline
 from kbgate.prompts import Prompts, prompt_folder
 
 
-@dataclass
-class Services:
-    cfg: Config
-    engine: Engine
-    gate: SentimentGate
-    assistant: Assistant
-    pipeline: Pipeline
+@dataclass(frozen=True)
+class Live:
+    """One index version's retriever and the pipeline that searches it (swapped together)."""
     retriever: object | None
-    load_seconds: float
+    pipeline: Pipeline
+
+
+class Services:
+    """The loaded engine and roles, and the live (hot-swappable) retriever and pipeline."""
+
+    def __init__(self, cfg: Config, engine: Engine, gate: SentimentGate, assistant: Assistant, pipeline: Pipeline,
+                 retriever: object | None, load_seconds: float):
+        self.cfg, self.engine, self.gate, self.assistant = cfg, engine, gate, assistant
+        self.load_seconds = load_seconds
+        self._live = Live(retriever, pipeline)
+        self.reloader = None  # kbgate.reload.IndexReloader once watch_index() ran
+
+    def live(self) -> Live:
+        """The retriever and pipeline in use now, as one consistent pair (checks for a new version first)."""
+        if self.reloader is not None:
+            self.reloader.poll()
+        return self._live
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.live().pipeline
+
+    @property
+    def retriever(self):
+        return self.live().retriever
+
+    def swap(self, retriever) -> None:
+        """Serve `retriever` from now on; requests already holding the old pipeline finish on it."""
+        # a shallow copy shares the admission queue, gate and assistant; only the retriever differs
+        pipeline = copy.copy(self._live.pipeline)
+        pipeline.retriever = retriever
+        self._live = Live(retriever, pipeline)  # one assignment: readers see the old pair or the new one
+
+    def watch_index(self, check_s: float | None = None):
+        """Pick up newly published index versions (every check_s seconds, default `[index] reload_check_s`; 0 = off)."""
+        from kbgate.reload import IndexReloader
+
+        check_s = self.cfg.index.reload_check_s if check_s is None else check_s
+        served = self._live.retriever
+        if check_s <= 0 or served is None:
+            self.reloader = None
+            return None
+        index_dir = served.index.dir
+
+        def load():
+            from indexer.index import load_index
+            embedder = self._live.retriever.embedder  # the models already loaded: never a second copy
+            return make_retriever(self.cfg, load_index(index_dir, embedder), embedder)
+        self.reloader = IndexReloader(index_dir, lambda: self._live.retriever, load, self.swap, check_s)
+        return self.reloader
+
+    def index_status(self) -> dict | None:
+        """The served index version, its size and the reload state (for /readyz and /metrics); None: no index."""
+        r = self.retriever  # once: every figure from the same version
+        if r is None:
+            return None
+        ix = r.index
+        out = {"version": ix.version, "pages": len(ix.pages), "chunks": len(ix),
+               "built_at": ix.manifest.get("built_at")}
+        out["reload"] = self.reloader.status() if self.reloader is not None else {"check_s": 0}
+        return out
 
     def model_info(self) -> dict:
         info = self.engine.info()
@@ -64,18 +128,23 @@ def ensure_index(cfg: Config, index_dir=None) -> Path:
     return index_dir
 
 
-def load_retriever(cfg: Config, index_dir=None):
-    from indexer.embedders import load_embedder
-    from indexer.index import load_index
+def make_retriever(cfg: Config, index, embedder):
+    """The Retriever over a loaded Index (at start and at every hot reload: wire new retrieval parts here)."""
     from kbgate.retrieval import Retriever
 
-    embedder = load_embedder(cfg)
-    index = load_index(index_dir or cfg.path(cfg.index.dir), embedder)
     return Retriever(index, embedder, cfg.retrieval)
 
 
+def load_retriever(cfg: Config, index_dir=None):
+    from indexer.embedders import load_embedder
+    from indexer.index import load_index
+
+    embedder = load_embedder(cfg)
+    return make_retriever(cfg, load_index(index_dir or cfg.path(cfg.index.dir), embedder), embedder)
+
+
 def load_services(cfg: Config, index_dir=None, with_retriever: bool = True) -> Services:
-    """Load everything the service needs; progress goes to stderr."""
+    """Load everything the service needs (and watch for new index versions); progress goes to stderr."""
     t0 = time.perf_counter()
     from kbgate.engines import load_engine
 
@@ -86,5 +155,6 @@ def load_services(cfg: Config, index_dir=None, with_retriever: bool = True) -> S
         print("loading the embedder and the index ...", file=sys.stderr, flush=True)
         retriever = load_retriever(cfg, index_dir)
     services = build(cfg, engine, retriever)
+    services.watch_index()
     services.load_seconds = time.perf_counter() - t0
     return services

@@ -125,7 +125,8 @@ def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
         down = health() if health else None
         if down:
             return error_json("engine_unavailable", f"the model engine is not answering: {down}", 503, 10)
-        return {"status": "ready", "model": st.services.model_info(), "admission": st.services.pipeline.admission.status()}
+        return {"status": "ready", "model": st.services.model_info(), "admission": st.services.pipeline.admission.status(),
+                "index": st.services.index_status()}  # the version served (kbgate.reload swaps it in)
 
     @app.errorhandler(KBGateError)
     def domain_error(e: KBGateError):
