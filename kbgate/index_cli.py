@@ -36,8 +36,13 @@ def _fail(e: KBGateError):
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="config.toml to read")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
-def index_cmd(kb_dir, index_dir, config_path, quiet):
-    """Index a folder of markdown pages (only changed pages are re-embedded) and publish it."""
+@click.option("--watch", is_flag=True,
+              help="keep running: re-index each time pages change (a line per build; Ctrl-C stops)")
+def index_cmd(kb_dir, index_dir, config_path, quiet, watch):
+    """Index a folder of markdown pages (only changed pages are re-embedded) and publish it.
+
+    A running `kbgate serve` picks the new version up by itself ([index] reload_check_s).
+    """
     from indexer.embedders import load_embedder
     from indexer.store import build_index
 
@@ -45,12 +50,28 @@ def index_cmd(kb_dir, index_dir, config_path, quiet):
         cfg = _config(config_path)
         kb_dir = kb_dir or cfg.path(cfg.index.kb_dir)
         index_dir = index_dir or cfg.path(cfg.index.dir)
+        if watch:
+            return _watch(cfg, kb_dir, index_dir, load_embedder(cfg, lazy=True), quiet)
         summary = build_index(cfg, kb_dir, index_dir, load_embedder(cfg, lazy=True), progress=not quiet)
     except KBGateError as e:
         _fail(e)
     for w in summary.warnings:
         click.echo(f"warning: {w}", err=True)
     click.echo(summary.describe())
+
+
+def _watch(cfg, kb_dir: Path, index_dir: Path, embedder, quiet: bool) -> None:
+    from kbgate.errors import BadInput
+    from kbgate.index_watch import watch_wiki
+
+    if not Path(kb_dir).is_dir():
+        raise BadInput(f"wiki folder {kb_dir} does not exist or is not a folder: nothing to watch")
+    try:
+        builds = watch_wiki(cfg, Path(kb_dir), Path(index_dir), embedder, progress=not quiet)
+    except KeyboardInterrupt:  # Ctrl-C: a build it cut short left no partial version behind
+        click.echo("stopped watching (Ctrl-C)", err=True)
+        return
+    click.echo(f"stopped watching after {builds} build(s)", err=True)
 
 
 def _print_hits(query: str, hits) -> None:
