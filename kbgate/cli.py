@@ -159,6 +159,38 @@ def serve(host, port, index_dir):
     except KBGateError as e:
         raise click.ClickException(e.message) from None
 
+@main.group()
+def token():
+    """Bearer tokens for /api and /v1 (hashed in [auth] tokens_file)."""
+
+
+@token.command("add")
+@click.argument("user")
+@click.option("--groups", default="", metavar="G1,G2", help="the groups the token's caller holds (comma-separated)")
+@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="tokens file to append to [config: auth.tokens_file]")
+def token_add(user, groups, path):
+    """Make a random token for USER, append its SHA-256 to the tokens file and print the token once.
+
+    A running server reads the file again when it changes: the token works at once.
+    """
+    from kbgate.tokens import add_token
+
+    cfg = _cfg()
+    configured = cfg.path(cfg.auth.tokens_file) if cfg.auth.tokens_file else None
+    target = path or configured
+    if target is None:
+        raise click.ClickException("no tokens file: pass --file FILE, or set [auth] tokens_file in config.toml")
+    try:
+        secret = add_token(target, user, groups)
+    except KBGateError as e:
+        raise click.ClickException(e.message) from None
+    click.echo(secret)  # stdout holds the token alone, for scripts
+    who = f"{user} (groups: {groups or 'none'})"
+    click.echo(f"added a token for {who} to {target}; it is shown only this once: store it now", err=True)
+    if configured is None or Path(target).resolve() != configured.resolve():
+        click.echo(f"note: the server reads [auth] tokens_file ({configured or 'not set'}), not {target}", err=True)
+
 
 if __name__ == "__main__":
     main()

@@ -185,6 +185,10 @@ class AuthConfig:
     trusted_proxies: list = _f([], "addresses or networks (\"127.0.0.1\", \"10.0.0.0/8\") of the SSO proxy whose "
                                    "X-Forwarded-User/-Email/-Groups headers are believed; [] = none (every caller "
                                    "is anonymous): a proxy that does not authenticate would pass forged ones on")
+    tokens_file: str = _f("", "file of hashed bearer tokens for /api and /v1, one 'sha256:<hex> USER [GROUP,...]' a "
+                              "line (`kbgate token add`); \"\" = none (KBGATE_API_KEYS still works)")
+    slack_users_file: str = _f("", "file mapping Slack users ('user [TEAM:]U… groups') and channels ('channel C… "
+                                   "groups') to groups; \"\" = none: every Slack user is anonymous")
 
     def __post_init__(self):
         import ipaddress

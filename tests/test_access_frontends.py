@@ -59,9 +59,9 @@ def restricted(hash_retriever):
 class FrontEnds:
     """One app over one Services: the test client (any peer address) plus a served copy for the openai client."""
 
-    def __init__(self, services, monkeypatch, sink):
+    def __init__(self, services, monkeypatch, sink, auth: dict | None = None):
         self.services, self.monkeypatch, self.sink = services, monkeypatch, sink
-        cfg = services.cfg.replace(auth={"trusted_proxies": [TRUSTED]},
+        cfg = services.cfg.replace(auth={"trusted_proxies": [TRUSTED], **(auth or {})},
                                    slack={"allowed_response_hosts": ["127.0.0.1"], "allow_http": True})
         self.app = create_app(cfg, services=services)
         self.client = self.app.test_client()
@@ -88,9 +88,12 @@ class FrontEnds:
                for path in (f"/api/docs/{pid}", f"/docs/{pid}", "/api/docs", "/docs")}
         return {path: (r.status_code, r.get_data(as_text=True)) for path, r in got.items()}
 
-    def openai(self, query: str, key: str | None, headers: dict | None = None) -> dict[str, str]:
-        """/v1 task=search, plain and streamed, with the official client (SSO headers sent too: not read)."""
-        if key:
+    def openai(self, query: str, key: str | None, headers: dict | None = None, env: bool = True) -> dict[str, str]:
+        """/v1 task=search, plain and streamed, with the official client (SSO headers sent too: not read).
+
+        `env`: `key` is made the one $KBGATE_API_KEYS for these calls (else: a tokens-file token).
+        """
+        if key and env:
             self.monkeypatch.setenv("KBGATE_API_KEYS", key)
         else:
             self.monkeypatch.delenv("KBGATE_API_KEYS", raising=False)
@@ -101,6 +104,7 @@ class FrontEnds:
         chunks = list(oa.chat.completions.create(model="m", messages=msgs, stream=True,
                                                  stream_options={"include_usage": True},
                                                  extra_body={"task": "search"}))
+        self.monkeypatch.delenv("KBGATE_API_KEYS", raising=False)  # set, it would make /api need a token too
         return {"v1": r.model_dump_json(), "v1 stream": json.dumps([c.model_dump() for c in chunks],
                                                                     ensure_ascii=False)}
 
@@ -129,9 +133,9 @@ class FrontEnds:
 def make_fronts(make_services, monkeypatch):
     made = []
 
-    def make(mode: str) -> FrontEnds:
+    def make(mode: str, auth: dict | None = None) -> FrontEnds:
         reply, sections = MODES[mode]
-        f = FrontEnds(make_services(reply, **sections), monkeypatch, Sink())
+        f = FrontEnds(make_services(reply, **sections), monkeypatch, Sink(), auth)
         f.mode = mode
         made.append(f)
         return f
@@ -215,7 +219,7 @@ def test_a_caller_inside_the_audience_gets_the_page(fronts, restricted):
 
 
 def test_the_v1_and_slack_front_ends_ignore_sso_headers(answering, restricted):
-    """There is no key- or Slack-user-to-group mapping yet: even an insider's headers read public pages only."""
+    """/v1 reads tokens, Slack its users file: an insider's SSO headers sent there read public pages only."""
     fronts = answering
     bg = restricted["eng/break-glass"]
     q = canary_sentence(bg.text, CANARIES[bg.id])
@@ -300,9 +304,10 @@ def test_deny_on_pages_v1_and_slack(deny_app, monkeypatch):
         assert r.model_extra["kbgate"]["sources"]
         monkeypatch.setenv("SLACK_SIGNING_SECRET", SECRET)
         body = slash_body("VPN", sink.url)
-        assert c.post("/slack/commands", data=body, headers=signed(body)).status_code == 200
-        post = json.dumps(sink.wait(1, timeout=30)[0], ensure_ascii=False)
-        assert "Slack users are not mapped" in post and "sources" not in post
+        r = c.post("/slack/commands", data=body, headers=signed(body))  # an unlisted Slack user: told at once
+        assert r.status_code == 200 and r.get_json()["response_type"] == "ephemeral"
+        assert "T0001:U2147483697 is not in this server's [auth] slack_users_file" in r.get_json()["text"]
+        assert deny_app.extensions["slack"].accepted == 0 and sink.posts == []
     finally:
         stop(server)
         sink.close()

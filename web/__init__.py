@@ -92,7 +92,7 @@ def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
         st.load_in_background(loader)
 
     from web import api, openai_api, pages, slack
-    from web.identity import proxy_caller
+    from web.identity import rate_key
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(slack.bp)
@@ -104,13 +104,8 @@ def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
     @app.before_request
     def rate_limit():
         if request.method == "POST" and request.path in MODEL_PATHS:
-            token = request.headers.get("Authorization", "").partition(" ")[2].strip()
-            if token and request.path.startswith("/v1/"):
-                limit.check(f"token:{token}")
-                return
-            # behind the SSO proxy every user shares its address: a bucket per user it vouches for
-            who = None if request.path.startswith("/v1/") else proxy_caller(cfg).user
-            limit.check(f"user:{who}" if who else f"addr:{request.remote_addr}")
+            # a bucket per resolved identity (token user, SSO user; two tokens of one user share it), else the address
+            limit.check(rate_key(cfg))
 
     @app.get("/healthz")
     def healthz():

@@ -17,18 +17,15 @@ Not handled: tools/function calling, logprobs, images, `n` > 1. Task "search"
 answers the last user message alone, with the pipeline's own generation
 settings (sampling fields are validated but only "chat" uses them).
 
-Task "search" reads as the key's caller: with keys configured (`[openai] auth_env`), a
-valid key is an authenticated caller with no groups (pages with no audience; there is no
-key-to-group mapping yet); with none, the anonymous caller of `[auth] anonymous`. Never
-unrestricted, and the SSO proxy's headers are not read here.
+Task "search" reads as the token's caller (web.identity): a token of `[auth] tokens_file`
+is its user with its groups, a key of `$KBGATE_API_KEYS` a signed-in caller with no groups;
+with none configured, the anonymous caller of `[auth] anonymous`. Never unrestricted, and
+the SSO proxy's headers are not read here.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import logging
-import os
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -36,14 +33,14 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from kbgate.access import Caller, anonymous, authenticated
+from kbgate.access import Caller, anonymous
 from kbgate.admission import Cancelled
 from kbgate.grounding import Passage
 from kbgate.errors import Busy, KBGateError, NotFound, NotReady
 from kbgate.engine import Finish
 from kbgate.text import language
 from web import client_gone, state
-from web.identity import require_reader
+from web.identity import request_identity, require_reader
 from web.openai_schema import (DONE, LABEL_WORDS, ChatRequest, chunk, completion, decode_body, error_body,
                                invalid, new_id, parse_request, sse, usage)
 
@@ -102,25 +99,8 @@ def _remember_start(setup):
 
 @bp.before_request
 def require_token():
-    """Bearer auth when the configured env var holds tokens (comma-separated); else open."""
-    cfg = state().cfg
-    tokens = [t.strip().encode() for t in os.environ.get(cfg.openai.auth_env, "").split(",") if t.strip()]
-    g.v1_caller = anonymous(cfg.auth.anonymous)
-    if not tokens:
-        return None
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    given = given.strip().encode()
-    ok = False
-    for t in tokens:  # every token compared, each in constant time
-        ok |= hmac.compare_digest(given, t)
-    if scheme.lower() == "bearer" and ok:
-        # a name for logs and the mask cache that does not reveal the key
-        g.v1_caller = authenticated("api-key:" + hashlib.sha256(given).hexdigest()[:12])
-        return None
-    resp = error_response(401, "invalid API key" if given else "missing API key: send Authorization: Bearer <key>",
-                          code="invalid_api_key")
-    resp.headers["WWW-Authenticate"] = "Bearer"
-    return resp
+    """The bearer caller (web.identity: tokens file or $KBGATE_API_KEYS; 401 when configured and wrong or missing)."""
+    g.v1_caller = request_identity(state().cfg)
 
 
 # ---- models -------------------------------------------------------------------------

@@ -4,7 +4,7 @@ The page language is `?lang=zh|en`, else the browser's Accept-Language, else Chi
 All script and style come from /static (the CSP forbids inline ones); wiki markdown
 goes through `web.render` (escaped raw HTML, then nh3) before it reaches a template.
 The page list and the pages show only what the request's caller may read (web.identity);
-a restricted page is the same 404 as a missing one.
+a restricted page is the same 404 as a missing one, and a link to it is text only.
 """
 from __future__ import annotations
 
@@ -13,11 +13,21 @@ from collections import defaultdict
 from flask import Blueprint, make_response, render_template, request
 
 from kbgate.errors import IndexUnavailable, KBGateError
-from web import state
+from web import identity, state
 from web.identity import request_caller
 from web.render import docs_href, render_page
 
 bp = Blueprint("pages", __name__)
+# app-wide caller hooks, on the blueprint every app registers: bearer tokens checked before
+# any /api or /v1 view (and before the rate limit), 401s for tokens marked WWW-Authenticate
+bp.before_app_request(identity.authenticate)
+bp.after_app_request(identity.challenge)
+
+
+@bp.record_once
+def _identities(setup):
+    """Read the tokens and Slack users files when the app is built: a bad line stops the start."""
+    identity.init_app(setup.app, setup.app.extensions["kbgate"].cfg)
 
 LANGS = ("zh", "en")
 UI = {
@@ -82,8 +92,10 @@ def doc_list():
 @bp.get("/docs/<path:page_id>")
 def doc(page_id: str):
     """One wiki page rendered to safe HTML, headings anchored like the chunker's sections."""
-    page = wiki_index().readable(page_id, request_caller(state().cfg))  # NotFound (also: not readable) -> 404
-    html = render_page(page.text, page.id)
+    index, caller = wiki_index(), request_caller(state().cfg)
+    page = index.readable(page_id, caller)  # NotFound (also: not readable) -> 404
+    html = render_page(page.text, page.id, lambda target: index.may_read(target, caller),
+                       state().cfg.server.wiki_base_url)
     return _render("doc.html", page=page, body=html, has_h1="<h1" in html,
                    meta={k: v for k, v in page.meta.items() if isinstance(v, (str, int, float))})
 

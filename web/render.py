@@ -7,7 +7,10 @@ allow-list of tags and attributes (no `img`, no `style`, no event handlers;
 
 Heading ids are the chunker's anchors (`indexer.chunking.Slugger` over the
 headings `indexer.blocks.parse` sees), so a source link `/docs/it/vpn#安装客户端`
-lands on its section. Relative `.md` links between wiki pages become `/docs/<id>`.
+lands on its section. Relative `.md` links between wiki pages become `/docs/<id>`;
+a link to a page the reader may not read (or one that does not exist: they must look
+alike) keeps its text and loses its link, so a readable page does not give away a
+restricted page's id.
 
 Not handled: headings the chunker does not see (setext `===` underlines,
 headings inside lists or quotes) get ids of their own that no source links to.
@@ -108,33 +111,94 @@ def _anchor_headings(tokens: list[Token], body: str) -> None:
         t.attrs["id"] = slug
 
 
-def _rewrite_links(tokens: list[Token], page_id: str) -> None:
-    """Point .md links at /docs/<id>; an image becomes a link to it (no `img`: it would load by itself)."""
+def link_target(href: str, page_id: str, base_url: str = "") -> str | None:
+    """The wiki page id a link on page `page_id` leads to, as the browser resolves it; None off the wiki."""
+    parts = urlsplit(href)
+    path = unquote(parts.path)
+    if parts.scheme or parts.netloc:  # absolute: ours only when it is the wiki's own base URL
+        base = urlsplit(base_url) if base_url else None
+        root = base.path.rstrip("/") if base else ""
+        if not base or (parts.scheme.lower(), parts.netloc.lower()) != (base.scheme.lower(), base.netloc.lower()) \
+                or not path.startswith(root + "/docs/"):
+            return None
+        path = path[len(root):]
+    elif not path:
+        return None  # '#anchor', '?lang=en': this page
+    elif not path.startswith("/"):
+        path = posixpath.join(posixpath.dirname("/docs/" + page_id), path)
+    path = posixpath.normpath(path)
+    if not path.startswith("/docs/"):
+        return None
+    return path[len("/docs/"):] or None
+
+
+def _rewrite_links(tokens: list[Token], page_id: str, may_link=None, base_url: str = "") -> None:
+    """Point .md links at /docs/<id>; an image becomes a link to it (no `img`: it would load by itself).
+
+    With `may_link(page_id) -> bool`, a link to a wiki page the reader may not open (restricted,
+    or missing: the two must look alike) loses its tags and keeps its text.
+    """
+    def hidden(href: str) -> bool:
+        target = link_target(href, page_id, base_url) if may_link else None
+        return target is not None and not may_link(target)
+
     for t in tokens:
-        children = []
-        for child in t.children or ():
+        if not t.children:
+            continue
+        children, hiding = [], False
+        for child in t.children:
             if child.type == "image":
-                alt = child.content or "image"
-                children += [Token("link_open", "a", 1, attrs={"href": child.attrs.get("src", "")}),
-                             _text(alt), Token("link_close", "a", -1)]
-                continue
-            if child.type == "link_open":
+                src, alt = str(child.attrs.get("src", "")), child.content or "image"
+                children += [_text(alt)] if hidden(src) else [
+                    Token("link_open", "a", 1, attrs={"href": src}), _text(alt), Token("link_close", "a", -1)]
+            elif child.type == "link_open":
                 href = wiki_link(str(child.attrs.get("href", "")), page_id)
+                if href is not None and hidden(href):
+                    hiding = True  # links do not nest in markdown: the next link_close is this one's
+                    continue
                 if href is None:
                     child.attrs.pop("href", None)
                 else:
                     child.attrs["href"] = href
-            children.append(child)
-        if t.children:
-            t.children = children
+                children.append(child)
+            elif child.type == "link_close" and hiding:
+                hiding = False
+            else:
+                children.append(child)
+        t.children = children
 
 
-def render_page(body: str, page_id: str) -> str:
-    """Render a wiki page's markdown body to safe HTML with anchored headings and /docs links."""
+_MD_LINK = re.compile(r"(!?)\[((?:[^\[\]\\\n]|\\.)*)\]\(\s*(<[^>\n]*>|[^\s()]*(?:\([^\s()]*\)[^\s()]*)*)"
+                      r"(?:\s+(?:\"[^\"\n]*\"|'[^'\n]*'|\([^)\n]*\)))?\s*\)")
+_MD_REF = re.compile(r"^ {0,3}\[(?:[^\]\\\n]|\\.)+\]:[ \t]*(<[^>\n]*>|\S+).*$", re.M)
+_MD_AUTOLINK = re.compile(r"<([A-Za-z][A-Za-z0-9+.-]{1,31}:[^<>\s]*)>")
+
+
+def redact_links(markdown: str, page_id: str, may_link, base_url: str = "") -> str:
+    """The markdown with each link to a page the reader may not open cut down to its text (for raw-text APIs).
+
+    Inline links and images keep their text; reference definitions and autolinks to such a
+    page go (in code too: it errs on hiding). A URL typed out as plain text is not found.
+    """
+    def hidden(href: str) -> bool:
+        href = href.strip().removeprefix("<").removesuffix(">")
+        target = link_target(wiki_link(href, page_id) or href, page_id, base_url)
+        return target is not None and not may_link(target)
+
+    out = _MD_LINK.sub(lambda m: m.group(2) if hidden(m.group(3)) else m.group(0), markdown)
+    out = _MD_REF.sub(lambda m: "" if hidden(m.group(1)) else m.group(0), out)
+    return _MD_AUTOLINK.sub(lambda m: "" if hidden(m.group(1)) else m.group(0), out)
+
+
+def render_page(body: str, page_id: str, may_link=None, base_url: str = "") -> str:
+    """Render a wiki page's markdown body to safe HTML with anchored headings and /docs links.
+
+    `may_link(target_id) -> bool`: the reader's rights; a link to a page it may not read is text only.
+    """
     md = _markdown()
     tokens = md.parse(body)
     _anchor_headings(tokens, body)
-    _rewrite_links(tokens, page_id)
+    _rewrite_links(tokens, page_id, may_link, base_url)
     _cells_to_classes(tokens)
     return sanitize(md.renderer.render(tokens, md.options, {}))
 

@@ -6,13 +6,17 @@ an accepted one → 401, all plain text, no work done). `ssl_check=1` gets 200 b
 own Bolt does: it does nothing. A valid question gets an ephemeral "searching" reply
 within the request; a bounded per-app pool (`slack.workers`, `slack.max_pending`) answers
 and POSTs the blocks to `response_url`, but only to an allow-listed host. The answer
-comes from an `answer(question, tags) -> result dict` callable: the pipeline inside
-`kbgate serve`, or an upstream search service in `kbgate slack-proxy` (web.slack_proxy).
+comes from an `answer(question, tags[, caller]) -> result dict` callable: the pipeline inside
+`kbgate serve` (as the asker), or an upstream search service in `kbgate slack-proxy` (web.slack_proxy).
 
-Inside `kbgate serve` the asker is the anonymous caller of `[auth] anonymous` (no Slack
-user-to-group mapping yet), so a reply, public or not, shows only pages with no audience;
-with "deny" the asker is told Slack is not mapped instead. The proxy's upstream applies
-its own rules (the proxy sends no identity: anonymous there too).
+Inside `kbgate serve` the asker is the Slack user of `[auth] slack_users_file` with its
+groups, or the anonymous caller of `[auth] anonymous` for a user not listed
+(web.identity.slack_caller). An ephemeral reply (only the asker sees it) reads as the
+asker; a reply posted in the channel (`/ask public ...`) reads only what both the asker
+and every member of the channel may read (the channel's groups in the same file), so an
+HR person asking in #general shows no HR page there. With "deny" an unlisted user is told
+so at once. `[server] rate_per_minute` counts per Slack user. The proxy's upstream applies
+its own rules (the proxy sends no identity: anonymous there).
 """
 from __future__ import annotations
 
@@ -28,9 +32,11 @@ from flask import Blueprint, current_app, jsonify, request
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.webhook import WebhookClient
 
-from kbgate.access import anonymous
+from kbgate.access import Caller
+from kbgate.admission import RateLimit, RateLimited
 from kbgate.config import Config
 from kbgate.errors import KBGateError
+from web import identity
 from web import slack_blocks as sb
 
 log = logging.getLogger("kbgate.slack")
@@ -38,7 +44,7 @@ bp = Blueprint("slack", __name__)
 SECRET_ENV = "SLACK_SIGNING_SECRET"
 POST_TIMEOUT_S = 10
 
-Answer = Callable[[str, "list[str] | None"], dict]  # (question, tags) -> Result.as_dict()-shaped dict
+Answer = Callable[..., dict]  # (question, tags[, caller]) -> Result.as_dict()-shaped dict
 
 
 def allowed_url(url: str, hosts: list[str], allow_http: bool = False) -> bool:
@@ -81,32 +87,32 @@ class ReplayGuard:
 class Responder:
     """One app's Slack worker pool: admits questions, answers them off-request, posts the result."""
 
-    def __init__(self, cfg: Config, answer: Answer):
-        self.cfg, self.answer = cfg, answer
+    def __init__(self, cfg: Config, answer: Answer, takes_caller: bool = False):
+        self.cfg, self.answer, self.takes_caller = cfg, answer, takes_caller
         self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.slack.workers), thread_name_prefix="kbgate-slack")
         self._slots = threading.BoundedSemaphore(max(1, cfg.slack.max_pending))
         self.accepted = 0  # questions taken into the pool (tests check nothing else did work)
         self.replays = ReplayGuard()
 
-    def submit(self, question: str, tags, response_url: str, public: bool) -> bool:
-        """Queue a question; False when `max_pending` are already waiting or running."""
+    def submit(self, question: str, tags, response_url: str, public: bool, caller: Caller | None = None) -> bool:
+        """Queue a question (answered as `caller` when the answer takes one); False when `max_pending` are busy."""
         if not self._slots.acquire(blocking=False):
             return False
         try:
-            self.pool.submit(self._work, question, tags, response_url, public)
+            self.pool.submit(self._work, question, tags, response_url, public, caller)
         except RuntimeError:  # the pool was shut down
             self._slots.release()
             return False
         self.accepted += 1
         return True
 
-    def _work(self, question: str, tags, response_url: str, public: bool) -> None:
+    def _work(self, question: str, tags, response_url: str, public: bool, caller: Caller | None = None) -> None:
         lang = sb.language(question)
         try:
             try:
                 esc = self.cfg.escalation
-                msg = sb.answer_message(self.answer(question, tags), contact=esc.contact, ticket_url=esc.url,
-                                        public=public)
+                result = self.answer(question, tags, caller) if self.takes_caller else self.answer(question, tags)
+                msg = sb.answer_message(result, contact=esc.contact, ticket_url=esc.url, public=public)
             except KBGateError as e:
                 msg = sb.ephemeral(sb.say("error", lang, message=sb.fit(e.message, 500)))
             except Exception:  # a bug: logged with its traceback; the user still hears back
@@ -135,26 +141,43 @@ class Responder:
         self.pool.shutdown(wait=wait, cancel_futures=True)
 
 
-def init_app(app, cfg: Config, answer: Answer) -> Responder:
-    """Give `app` its own Slack responder (call before registering `bp` to pick the answer source)."""
-    app.extensions["slack"] = Responder(cfg, answer)
+def init_app(app, cfg: Config, answer: Answer, takes_caller: bool = False) -> Responder:
+    """Give `app` its own Slack responder (call before registering `bp` to pick the answer source).
+
+    `takes_caller`: `answer(question, tags, caller)` reads as the Slack asker (web.identity.slack_caller).
+    """
+    app.extensions["slack"] = Responder(cfg, answer, takes_caller)
     return app.extensions["slack"]
 
 
 @bp.record_once
 def _default_responder(setup) -> None:
-    """Inside `kbgate serve`: answer with the app's own pipeline, as the anonymous caller."""
+    """Inside `kbgate serve`: answer with the app's own pipeline, as the Slack asker."""
     app = setup.app
     if "slack" not in app.extensions:
         st = app.extensions["kbgate"]
 
-        def answer(question, tags):
-            from web.identity import require_reader
-
-            caller = require_reader(anonymous(st.cfg.auth.anonymous),
-                                    "Slack users are not mapped to wiki identities yet, so Slack cannot answer here")
+        def answer(question, tags, caller):
             return st.get().pipeline.ask(question, tags=tags, caller=caller).as_dict()
-        init_app(app, st.cfg, answer)
+        init_app(app, st.cfg, answer, takes_caller=True)
+    identity.init_app(app, app.extensions["slack"].cfg)  # a bad slack_users_file line stops the start
+
+
+def _asker(slack: Responder, form, public: bool, lang: str) -> tuple[Caller | None, dict | None]:
+    """(the caller to answer as, None) or (None, an ephemeral refusal): "deny" for an unlisted user, the rate limit."""
+    caller = identity.slack_caller(form, public) if slack.takes_caller else None
+    if caller is not None and not caller.authenticated and not caller.public:
+        who = f"{form.get('team_id', '')}:{form.get('user_id', '')}"
+        return None, sb.ephemeral(sb.say("error", lang, message=sb.fit(
+            f"your Slack user {who} is not in this server's [auth] slack_users_file and it does not answer "
+            'anonymous callers ([auth] anonymous = "deny"); ask its administrator to add you', 500)))
+    limit = current_app.extensions.setdefault("kbgate.rate", RateLimit(slack.cfg.server.rate_per_minute))
+    try:
+        limit.check(identity.slack_rate_key(form, caller))
+    except RateLimited as e:
+        return None, sb.ephemeral(sb.say("error", lang, message=sb.fit(
+            f"{e.message}: try again in {e.retry_after} s", 500)))
+    return caller, None
 
 
 def _plain(text: str, status: int):
@@ -198,7 +221,10 @@ def commands():
         log.warning("refusing a slash command whose response_url is not allow-listed: %.200s", url)
         return jsonify(sb.ephemeral(sb.say("error", lang, message=(
             "this server may not reply to this workspace (response_url host not in slack.allowed_response_hosts)"))))
+    caller, refusal = _asker(slack, form, public, lang)
+    if refusal:
+        return jsonify(refusal)
     tags = cfg.slack.channel_tags.get(form.get("channel_id", "")) or None
-    if not slack.submit(question, [tags] if isinstance(tags, str) else tags, url, public):
+    if not slack.submit(question, [tags] if isinstance(tags, str) else tags, url, public, caller):
         return jsonify(sb.ephemeral(sb.say("busy", lang)))
     return jsonify(sb.ephemeral(sb.say("ack", lang, q=sb.fit(question, 300))))
