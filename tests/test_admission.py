@@ -185,7 +185,7 @@ def test_an_answer_still_decoding_at_the_deadline_is_cut_and_answered(make_servi
     assert s.pipeline.admission.status()["running"] == 0
 
 
-def test_a_caller_over_its_rate_gets_429_with_retry_after_and_others_do_not(make_services):
+def test_a_caller_over_its_rate_gets_429_with_retry_after_and_others_do_not(make_services, monkeypatch):
     s = make_services("答案 [1]。", server={"rate_per_minute": 2}, **ROUTE)
     client = create_app(s.cfg, services=s).test_client()
     me, other = {"REMOTE_ADDR": "10.0.0.1"}, {"REMOTE_ADDR": "10.0.0.2"}
@@ -196,6 +196,7 @@ def test_a_caller_over_its_rate_gets_429_with_retry_after_and_others_do_not(make
     assert 1 <= int(r.headers["Retry-After"]) <= 30  # one request's worth of a 2-a-minute bucket
     assert client.post("/api/search", json={"query": "VPN"}, environ_base=other).status_code == 200
     body = {"model": "m", "messages": [{"role": "user", "content": "VPN"}], "task": "sentiment"}
+    monkeypatch.setenv("KBGATE_API_KEYS", "k1")  # a valid key is its own caller (a made-up one is its address)
     v1 = [client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer k1"}, environ_base=me)
           for _ in range(3)]
     assert [r.status_code for r in v1] == [200, 200, 429]  # /v1 callers are their keys, not their address
