@@ -51,6 +51,40 @@ main.add_command(eval_cmd)
 
 
 @main.group()
+def feedback():
+    """Answer feedback: the 👍/👎 votes on answers (the page, Slack, POST /api/feedback)."""
+
+
+@feedback.command("export")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="file to write (default: stdout)")
+@click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="index folder holding feedback.sqlite3 [config: feedback.path, else index.dir]")
+def feedback_export(fmt, out, index_dir):
+    """Write every vote with its answer (query, route, label, cited pages, asker, voter, comment)."""
+    from kbgate.feedback import FeedbackStore, store_path
+    from kbgate.feedback_export import write
+
+    cfg = _cfg()
+    path = store_path(cfg, index_dir)
+    if not path.exists():
+        raise click.ClickException(f"no feedback file at {path} yet: it is made by the first answer `kbgate serve` "
+                                   "gives (or pass --index / set [feedback] path)")
+    try:
+        votes = FeedbackStore(path).votes()
+    except KBGateError as e:
+        raise click.ClickException(e.message) from None
+    stream = open(out, "w", encoding="utf-8", newline="") if out else sys.stdout
+    try:
+        n = write(votes, fmt, stream)
+    finally:
+        if out:
+            stream.close()
+    click.echo(f"{n} vote(s) from {path}" + (f" written to {out}" if out else ""), err=True)
+
+
+@main.group()
 def models():
     """Provision the models (run once; later runs reuse them)."""
 

@@ -8,9 +8,16 @@
 retrieval, sources, suggestions, the fix section quoted for a troubleshooting reply. None
 means no restriction and is for in-process tools only (bench/, `kbgate eval`); the front
 ends always pass a Caller for a request from the network (web.identity).
+
+Every Result has an `answer_id` (kbgate.feedback.new_answer_id). An answer to a caller
+(not None) is recorded in the feedback store for votes; the store's votes are the
+ranking prior passed to every retrieval call (kbgate.prior; `[feedback] strength = 0`
+ranks without them). Recording is one INSERT; a store that fails is logged, never fatal.
 """
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -25,9 +32,13 @@ from kbgate.grounding import (Passage, attribute, citations, copies_example, cou
 from kbgate.quotes import check_values, quote_verdict
 from kbgate.retrieval import is_steps_section
 from kbgate.config import Config
+from kbgate.errors import KBGateError
+from kbgate.feedback import Feedback, caller_identity, new_answer_id
 from kbgate.gate import SentimentGate
 from kbgate.engine import Finish
 from kbgate.text import check_query, language
+
+log = logging.getLogger("kbgate.pipeline")
 
 
 @dataclass
@@ -58,6 +69,7 @@ class Result:
     suggestions: list[Source] = field(default_factory=list)
     timings_ms: dict = field(default_factory=dict)
     escalation: dict | None = None  # {"contact", "url", "text"}: the human to reach, for front ends to render once
+    answer_id: str = ""  # "ans_<16 hex>": what a 👍/👎 names (POST /api/feedback, the page, Slack)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +113,7 @@ class Pipeline:
         s = cfg.server  # max_pending bounds everything admitted; engine_slots of it run at once
         slots = min(s.engine_slots, s.max_pending)
         self.admission = Admission(slots, s.max_pending - slots, s.deadline_s)
+        self.feedback = Feedback(cfg)  # a shallow copy (a hot-reloaded index) shares it
 
     def admit(self, kind: str = "search", cancelled: Callable[[], bool] | None = None) -> Ticket:
         """A job slot (release it, or use it as a context manager), or Busy at once."""
@@ -112,8 +125,39 @@ class Pipeline:
 
     def search(self, query: str, k: int, *, troubleshooting: bool = False, tags=None, caller=None) -> list[Source]:
         """Sources for `query` among the pages `caller` may read (None: all)."""
-        hits = self.retriever.search(query, k=k, prefer_troubleshooting=troubleshooting, tags=tags, caller=caller)
+        prior = self.prior()
+        hits = self.retriever.search(query, k=k, prefer_troubleshooting=troubleshooting, tags=tags, caller=caller,
+                                     **({"prior": prior} if prior is not None else {}))
         return [self._source(i + 1, h, caller) for i, h in enumerate(hits)]
+
+    def index_dir(self):
+        """The folder of the index searched (the feedback file's default home); None without one."""
+        return getattr(getattr(self.retriever, "index", None), "dir", None)
+
+    def prior(self):
+        """The votes' ranking prior, or None (feedback or the prior off, or its file unusable: logged)."""
+        try:
+            return self.feedback.prior(self.index_dir())
+        except KBGateError as e:
+            if not getattr(self.feedback, "warned", False):  # once, not at every search
+                log.warning("ranking without feedback votes: %s", e.message)
+                self.feedback.warned = True
+            return None
+
+    def _finish(self, result: Result, caller) -> Result:
+        """Give the result its answer id and record it for votes (when a caller asked and feedback is on)."""
+        result.answer_id = new_answer_id()
+        if caller is None or not self.feedback.enabled:
+            return result
+        cited = list(dict.fromkeys(s.page for s in result.sources if s.cited))
+        shown = list(dict.fromkeys(s.page for s in result.sources + result.suggestions))
+        try:
+            self.feedback.store(self.index_dir()).record(result.answer_id, result.query, result.route,
+                                                         str(result.sentiment.get("label", "")), cited, shown,
+                                                         caller_identity(caller))
+        except (KBGateError, sqlite3.Error) as e:  # the answer still goes out; a vote on it will be a 404
+            log.warning("answer %s not recorded for feedback: %s", result.answer_id, getattr(e, "message", e))
+        return result
 
     def _source(self, n: int, h, caller=None) -> Source:
         return Source(n, h.page, h.title, h.heading, h.anchor, h.path, self.url(h.page, h.anchor),
@@ -172,7 +216,7 @@ class Pipeline:
             p.n = i  # numbered as the model sees them and cites them
         if not passages:
             yield from self._no_answer(query, sentiment, hits, lang, trouble, timings, ms,
-                                       "no passage reached the relevance threshold")
+                                       "no passage reached the relevance threshold", caller)
             return
         yield "sources", [asdict(p) for p in passages]
         role = "troubleshoot" if trouble else "answer"
@@ -209,14 +253,15 @@ class Pipeline:
         if not cited:
             yield from self._no_answer(query, sentiment, hits, lang, trouble, timings, ms,
                                        "the reply is not grounded in any passage" if text.strip()
-                                       else "the model found no answer in the passages")
+                                       else "the model found no answer in the passages", caller)
             return
         for p in passages:
             p.cited = p.n in cited
         text, escalation = self._escalate(text, lang, trouble, after_steps=True)
         timings.setdefault("first_token", None)
         timings["total"] = ms()
-        yield "done", Result(query, sentiment, route, reason, text, passages, [], timings, escalation)
+        yield "done", self._finish(Result(query, sentiment, route, reason, text, passages, [], timings, escalation),
+                                   caller)
 
     def _escalate(self, text: str, lang: str, trouble: bool, after_steps: bool) -> tuple[str, dict | None]:
         """The final text and, on the troubleshooting route, the contact it ends with (as a field too)."""
@@ -280,7 +325,7 @@ class Pipeline:
                 passages.append(extra)  # the done event carries the final sources
         return quoted
 
-    def _no_answer(self, query, sentiment, hits, lang, trouble, timings, ms, why):
+    def _no_answer(self, query, sentiment, hits, lang, trouble, timings, ms, why, caller=None):
         text = message("no_answer", lang)
         seen: set = set()
         suggestions = [h for h in hits if not (h.page in seen or seen.add(h.page))][:3]  # best chunk per page
@@ -289,4 +334,5 @@ class Pipeline:
         text, escalation = self._escalate(text, lang, trouble, after_steps=False)
         timings.setdefault("first_token", None)
         timings["total"] = ms()
-        yield "done", Result(query, sentiment, "no_answer", why, text, [], suggestions, timings, escalation)
+        yield "done", self._finish(Result(query, sentiment, "no_answer", why, text, [], suggestions, timings,
+                                          escalation), caller)

@@ -24,6 +24,12 @@ the IDF-weighted share of the query's topic terms found in the chunk, or, if
 larger, an embedder's cosine rescaled between its floor and ceiling
 (`cosine_ranges`, else `dense_floor`/`dense_ceiling`) times the share of the
 query in languages it reads (a cosine means little in a language it cannot read).
+
+Feedback (`prior=`, kbgate.prior.VotePrior): after fusion, the sections whose fused score
+could still change the top k, those within (1 - a) / (1 + a) of the k-th (a = the prior's
+strength), get their page's vote multiplier in [1 - a, 1 + a] and are sorted again. It
+never adds a section (only fused candidates, already limited to the caller's pages) and
+leaves relevance alone; `Hit.score` is then the reweighted score.
 """
 from __future__ import annotations
 
@@ -175,19 +181,20 @@ class Retriever:
         return self._tag_masks[key]
 
     def search(self, query: str, k: int | None = None, *, prefer_troubleshooting: bool = False,
-               tags=None, caller=None) -> list[Hit]:
-        """Return up to k hits, best first (see the module docstring); caller: only pages it may read."""
+               tags=None, caller=None, prior=None) -> list[Hit]:
+        """Return up to k hits, best first (see the module docstring); caller: only pages it may read;
+        prior: the feedback votes' reweighting (None: none)."""
         return self.search_many([query], k, prefer_troubleshooting=prefer_troubleshooting, tags=tags,
-                                caller=caller)[0]
+                                caller=caller, prior=prior)[0]
 
     def search_many(self, queries: list[str], k: int | None = None, *, prefer_troubleshooting: bool = False,
-                    tags=None, caller=None) -> list[list[Hit]]:
+                    tags=None, caller=None, prior=None) -> list[list[Hit]]:
         """Search several queries (same order out), each embedder embedding them in one batch."""
         k = self.cfg.k if k is None else k
         live = [i for i, q in enumerate(queries) if q.strip()] if k > 0 and len(self.index) else []
         out: list[list[Hit]] = [[] for _ in queries]
         for i, qvecs in zip(live, self.embed_queries([queries[i] for i in live])):
-            out[i] = self._search(queries[i], qvecs, k, prefer_troubleshooting, tags, caller)
+            out[i] = self._search(queries[i], qvecs, k, prefer_troubleshooting, tags, caller, prior)
         return out
 
     def embed_queries(self, queries: list[str]) -> list[dict]:
@@ -254,13 +261,36 @@ class Retriever:
         order = sorted(fused, key=lambda key: (-fused[key], rep[key][1]))
         return order, fused, {key: r for key, (_, r) in rep.items()}
 
-    def _search(self, query, qvecs: dict, k, prefer_troubleshooting, tags, caller=None) -> list[Hit]:
+    def reweigh(self, order: list, fused: dict, rep: dict, k: int, prior, qvecs: dict) -> list:
+        """`order` with the feedback prior applied to the sections that could still change the top k.
+
+        A section below (1 - a) / (1 + a) times the k-th fused score stays below the top k
+        whatever the votes, so only the pages above that line are looked up (a few, not all).
+        `fused` is updated in place for those sections.
+        """
+        if not order or not self.embedders or prior.strength <= 0:
+            return order
+        a = prior.strength
+        line = fused[order[min(k, len(order)) - 1]] * (1 - a) / (1 + a)
+        near = 0
+        while near < len(order) and fused[order[near]] >= line:
+            near += 1
+        mult = prior.multipliers(self.embedders[0], qvecs, dict.fromkeys(key[0] for key in order[:near]))
+        if not mult:
+            return order
+        for key in order[:near]:
+            fused[key] *= mult.get(key[0], 1.0)
+        return sorted(order[:near], key=lambda key: (-fused[key], rep[key])) + order[near:]
+
+    def _search(self, query, qvecs: dict, k, prefer_troubleshooting, tags, caller=None, prior=None) -> list[Hit]:
         ix = self.index
         tokens = tokenize(query)
         terms = topic_terms(tokens)
         weights, rrf_k, _ = self.weights(query, tokens)
         ranks = self.candidates(query, qvecs, tags, caller)
         order, fused, rep = self.fuse(ranks, weights, rrf_k, prefer_troubleshooting)
+        if prior is not None:
+            order = self.reweigh(order, fused, rep, k, prior, qvecs)
         order = order[:k]
         if not order:
             return []

@@ -97,6 +97,8 @@ def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(slack.bp)
     app.register_blueprint(openai_api.bp)
+    from web import feedback  # answer votes: /api/feedback and Slack's /slack/actions
+    feedback.register(app)
 
     limit = RateLimit(cfg.server.rate_per_minute)
     app.extensions["kbgate.rate"] = limit

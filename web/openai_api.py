@@ -183,7 +183,8 @@ def _search_usage(services, result, content: str) -> dict:
 
 def _kbgate(result) -> dict:
     d = result.as_dict()
-    return {k: d[k] for k in ("route", "reason", "sentiment", "sources", "suggestions", "timings_ms", "escalation")}
+    return {k: d[k] for k in ("route", "reason", "sentiment", "sources", "suggestions", "timings_ms", "escalation",
+                              "answer_id")}
 
 
 TASKS = {"chat": _chat, "sentiment": _sentiment, "search": _search}

@@ -3,7 +3,8 @@
 Every piece of user, wiki or model text is escaped (`&`, `<`, `>`), so `<!channel>` or
 `<script>` arrive as text, never as a mention, a link or markup; link labels also lose
 `|`. Slack's limits are kept: 50 blocks, 3,000 characters per section, 150 for the
-plain-text header, 10 context elements. Not handled: Markdown beyond `**bold**` (which
+plain-text header, 10 context elements. An answer with an `answer_id` ends with 👍/👎
+buttons (action ids `VOTE_ACTIONS`, the id as their value) for web.slack_actions. Not handled: Markdown beyond `**bold**` (which
 becomes mrkdwn `*bold*`); tables and code fences pass through as they are.
 """
 from __future__ import annotations
@@ -38,7 +39,14 @@ TEXT = {  # (zh, en); values are escaped before they are filled in
     "closest": ("最接近的页面", "Closest pages"),
     "escalate": ("🆘 *仍未解决？* 请联系 {contact}，或{ticket}。", "🆘 *Still stuck?* Contact {contact}, or {ticket}."),
     "ticket": ("提交工单", "open a ticket"),
+    "up": ("👍 有帮助", "👍 Helpful"),
+    "down": ("👎 没帮助", "👎 Not helpful"),
+    "voted": ("{emoji} 已记录，谢谢反馈！", "{emoji} Recorded, thanks for the feedback!"),
+    "revoted": ("{emoji} 已更新你的反馈。", "{emoji} Your feedback is updated."),
+    "vote_error": ("⚠️ 没能记录你的反馈：{message}", "⚠️ Your feedback was not recorded: {message}"),
 }
+VOTE_ACTIONS = {"kbgate_vote_up": "up", "kbgate_vote_down": "down"}  # button action_id -> rating
+VOTE_EMOJI = {"up": "👍", "down": "👎"}
 
 
 def say(key: str, lang: str = "en", **values) -> str:
@@ -117,6 +125,14 @@ def _context(title: str, sources: list[dict]) -> dict:
     return {"type": "context", "elements": elements}
 
 
+def vote_buttons(answer_id: str, lang: str) -> dict:
+    """The 👍/👎 actions block of one answer (web.slack_actions takes the clicks)."""
+    return {"type": "actions", "block_id": "kbgate_feedback",
+            "elements": [{"type": "button", "action_id": action, "value": answer_id,
+                          "text": {"type": "plain_text", "text": say(rating, lang), "emoji": True}}
+                         for action, rating in VOTE_ACTIONS.items()]}
+
+
 def answer_message(result: dict, *, contact: str, ticket_url: str, public: bool = False) -> dict:
     """The message for one pipeline result (`Result.as_dict()` or /api/search JSON).
 
@@ -143,6 +159,8 @@ def answer_message(result: dict, *, contact: str, ticket_url: str, public: bool 
         tail.append(_context(say("sources", lang), result["sources"]))
     elif result.get("suggestions"):
         tail.append(_context(say("closest", lang), result["suggestions"]))
+    if isinstance(result.get("answer_id"), str) and 0 < len(result["answer_id"]) <= 255:
+        tail.append(vote_buttons(result["answer_id"], lang))
     body = split(_BOLD.sub(r"*\1*", answer)) or ["…"]
     room = MAX_BLOCKS - len(head) - len(tail)
     if len(body) > room:

@@ -3,6 +3,7 @@
 // with [n] linked to its sources. History stays in localStorage; export as Markdown or JSON.
 // Model text only ever reaches the DOM through textContent, except `answer_html`, which the
 // server rendered with markdown-it (raw HTML escaped) and cleaned with nh3.
+// 👍/👎 under an answer POST {answer_id, rating[, comment]} to /api/feedback.
 "use strict";
 
 (() => {
@@ -20,6 +21,8 @@
       busy: "服务繁忙，请 {s} 秒后再试。", loading: "模型仍在加载，请稍候…",
       cleared: "历史记录已清空。", nothing: "还没有可导出的记录。", history_title: "kbgate 搜索历史",
       latency: "耗时", sources: "来源", route: "路由", time: "时间",
+      helpful: "这个回答有帮助吗？", up: "有帮助", down: "没帮助", comment: "补充说明（可选）", send: "发送",
+      recorded: "已记录，谢谢！", updated: "已更新，谢谢！",
     },
     en: {
       positive: "Positive", neutral: "Neutral", negative: "Negative", sentiment: "Sentiment",
@@ -29,6 +32,8 @@
       busy: "The service is busy; try again in {s} s.", loading: "The models are still loading…",
       cleared: "History cleared.", nothing: "Nothing to export yet.", history_title: "kbgate search history",
       latency: "latency", sources: "Sources", route: "route", time: "time",
+      helpful: "Was this helpful?", up: "Helpful", down: "Not helpful", comment: "Add a comment (optional)",
+      send: "Send", recorded: "Recorded, thanks!", updated: "Updated, thanks!",
     },
   };
   const EMOJI = { positive: "😄", neutral: "😐", negative: "😟" };
@@ -71,6 +76,7 @@
     answer.textContent = "";
     answer.setAttribute("aria-busy", "true");
     for (const id of ["sources", "suggestions"]) { $(id).textContent = ""; $(id + "-box").hidden = true; }
+    $("feedback").hidden = true;
   }
 
   function showBadge(s, lang) {
@@ -133,6 +139,7 @@
     else { answer.textContent = ""; answer.append(linkedText(res.answer, res.sources || [])); }
     showSources(res.route === "no_answer" ? [] : res.sources, "sources");
     showSources(res.suggestions || [], "suggestions");
+    showFeedback(res.answer_id, lang);
     const ms = res.timings_ms && res.timings_ms.total;
     $("sb-latency").textContent = ms != null ? Math.round(ms) : "–";
     say("");
@@ -143,6 +150,55 @@
     result.dataset.state = "error";
     say(message, true);
   }
+
+  // ---- 👍/👎 --------------------------------------------------------------------------------
+  const fb = $("feedback"), fbForm = $("fb-form"), fbComment = $("fb-comment"), fbStatus = $("fb-status");
+
+  function showFeedback(answerId, lang) {
+    fb.hidden = !answerId;
+    fb.dataset.answerId = answerId || "";
+    fb.dataset.lang = lang;
+    delete fb.dataset.rating; delete fb.dataset.state;
+    $("fb-ask").textContent = tr("helpful", lang);
+    for (const b of fb.querySelectorAll(".vote")) {
+      b.setAttribute("aria-pressed", "false");
+      b.setAttribute("aria-label", tr(b.dataset.rating, lang));
+      b.title = tr(b.dataset.rating, lang);
+    }
+    fbForm.hidden = true; fbComment.value = "";
+    fbComment.placeholder = tr("comment", lang);
+    $("fb-comment-label").textContent = tr("comment", lang);
+    $("fb-send").textContent = tr("send", lang);
+    fbStatus.textContent = "";
+  }
+
+  async function vote(rating, comment) {
+    const lang = fb.dataset.lang || UI_LANG, body = { answer_id: fb.dataset.answerId, rating };
+    if (comment) body.comment = comment;
+    let res;
+    try {
+      res = await fetch("/api/feedback", {
+        method: "POST", body: JSON.stringify(body),
+        headers: { "Content-Type": "application/json", "X-KBGate-Source": "page" },
+      });
+    } catch (e) { fbStatus.textContent = tr("network", lang); return; }
+    if (!res.ok) { fbStatus.textContent = await errorMessage(res); return; }
+    const done = await res.json();
+    if (done.answer_id !== fb.dataset.answerId) return; // a newer answer is on the page now
+    fb.dataset.rating = rating; fb.dataset.state = done.status;
+    for (const b of fb.querySelectorAll(".vote")) b.setAttribute("aria-pressed", String(b.dataset.rating === rating));
+    fbStatus.textContent = tr(done.status, lang);
+    fbForm.hidden = false;
+  }
+
+  fb.addEventListener("click", (e) => {
+    const b = e.target.closest(".vote");
+    if (b) vote(b.dataset.rating, fbComment.value.trim());
+  });
+  fbForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    if (fb.dataset.rating) vote(fb.dataset.rating, fbComment.value.trim());
+  });
 
   // ---- streaming ---------------------------------------------------------------------------
   function parseEvent(block) {
@@ -248,7 +304,7 @@
   function remember(res, lang) {
     const pick = (s) => ({ n: s.n, page: s.page, anchor: s.anchor, title: s.title, heading: s.heading,
                            snippet: s.snippet, relevance: s.relevance, cited: s.cited });
-    keep({ time: new Date().toISOString(), lang, query: res.query, route: res.route,
+    keep({ time: new Date().toISOString(), lang, query: res.query, route: res.route, answer_id: res.answer_id,
            sentiment: { label: res.sentiment.label, confidence: res.sentiment.confidence },
            answer: res.answer, latency_ms: res.timings_ms.total,
            sources: res.sources.map(pick), suggestions: (res.suggestions || []).map(pick) });
