@@ -65,6 +65,8 @@ def search_args(body: dict) -> tuple[object, int | None, list[str] | None]:
     if "query" not in body or body["query"] is None:
         raise BadInput("query is required")
     k = body.get("k")
+    if isinstance(k, float) and k.is_integer():
+        k = int(k)  # 5.0 is the integer 5 in JSON (and JSON Schema); some clients' encoders write it so
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K):
         raise BadInput(f"k must be an integer between 1 and {MAX_K}")
     tags = body.get("tags")

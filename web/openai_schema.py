@@ -56,8 +56,10 @@ def decode_body(raw: bytes) -> dict:
     """The request body as a JSON object, or a 400 saying why not."""
     try:
         body = json.loads(raw) if raw.strip() else None
-    except ValueError as e:
+    except ValueError as e:  # also not UTF-8, and an integer of over 4,300 digits
         raise invalid(f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:  # '[[[[...' nested deeper than Python's stack: not a 500
+        raise invalid("the request body is nested too deeply to be read", code="invalid_json") from None
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object", code="invalid_json")
     return body
@@ -68,6 +70,8 @@ def _number(body: dict, name: str, default, lo: float, hi: float, *, integer: bo
     value = body.get(name)
     if value is None:
         return default
+    if integer and isinstance(value, float) and value.is_integer():
+        value = int(value)  # 5.0 is the integer 5 in JSON (and JSON Schema); some clients' encoders write it so
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or (
             isinstance(value, float) and not math.isfinite(value)):  # json.loads accepts NaN and Infinity
@@ -141,6 +145,9 @@ def parse_request(body: dict, cfg: Config) -> ChatRequest:
     options = {} if options is None else options
     if not isinstance(options, dict):
         raise invalid("stream_options must be an object", "stream_options", "invalid_type")
+    if options.get("include_usage") is not None and not isinstance(options["include_usage"], bool):
+        raise invalid("stream_options.include_usage must be true or false", "stream_options.include_usage",
+                      "invalid_type")
     language = body.get("language")
     if language not in (None, "zh", "en"):
         raise invalid(f"language must be \"zh\" or \"en\", got {json.dumps(language)}", "language")
