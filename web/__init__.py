@@ -11,7 +11,7 @@ import sys
 import threading
 import traceback
 
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify, make_response, request
 from werkzeug.exceptions import HTTPException
 
 from kbgate.admission import RateLimit
@@ -91,12 +91,13 @@ def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
     if services is None and loader is not None:
         st.load_in_background(loader)
 
-    from web import api, openai_api, pages, slack
+    from web import api, openai_api, openapi, pages, slack
     from web.identity import rate_key
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(slack.bp)
     app.register_blueprint(openai_api.bp)
+    app.register_blueprint(openapi.bp)  # GET /openapi.json
     from web import feedback  # answer votes: /api/feedback and Slack's /slack/actions
     feedback.register(app)
 
@@ -138,9 +139,13 @@ def create_app(cfg: Config | None = None, services=None, loader=None) -> Flask:
                     404: f"no such endpoint or page: {request.path}",
                     405: f"{request.method} is not allowed on {request.path}"}
         code = (e.name or "error").lower().replace(" ", "_")
-        if request.path.startswith(("/api", "/healthz", "/readyz", "/slack", "/metrics")) or request.is_json:
-            return error_json(code, messages.get(e.code, e.description or e.name), e.code or 500)
-        return pages.error_page(e.code or 500, messages.get(e.code, e.description or e.name))
+        if request.path.startswith(("/api", "/healthz", "/readyz", "/slack", "/metrics", "/openapi.json")) or request.is_json:
+            resp = error_json(code, messages.get(e.code, e.description or e.name), e.code or 500)
+        else:
+            resp = make_response(pages.error_page(e.code or 500, messages.get(e.code, e.description or e.name)))
+        if getattr(e, "valid_methods", None):  # RFC 9110: a 405 lists the methods the resource has
+            resp.headers["Allow"] = ", ".join(e.valid_methods)
+        return resp
 
     @app.after_request
     def security_headers(resp):
