@@ -106,3 +106,15 @@ def test_docs_page_links_follow_the_reader(app):
     assert "a gone page" not in hrefs(pages["hr"])  # a missing page is text for everyone
     assert c.get("/docs/hr/confidential/bands", headers=outsider).status_code == 404
     assert "BANDS-CANARY-1" in c.get("/docs/hr/confidential/bands", headers=hr).get_data(as_text=True)
+
+
+def test_api_docs_markdown_hides_links_the_reader_may_not_follow(app):
+    c = app.test_client()
+    hr = {"X-Forwarded-User": "hana", "X-Forwarded-Groups": "hr"}
+    outsider = {"X-Forwarded-User": "omar", "X-Forwarded-Groups": "eng"}
+    md = {who: c.get("/api/docs/hr/payroll-notes", headers=h).get_json()["markdown"]
+          for who, h in (("hr", hr), ("outsider", outsider), ("anonymous", {}))}
+    for who in ("outsider", "anonymous"):
+        assert "confidential" not in md[who].replace("https://example.com/docs/hr/confidential/bands", ""), who
+        assert "the bands" in md[who] and "[payroll](../hr/leave.md)" in md[who]
+    assert "confidential/bands" in md["hr"]  # the HR reader keeps the link

@@ -21,11 +21,12 @@ from itertools import chain
 
 from flask import Blueprint, Response, jsonify, request
 
+from kbgate import metrics
 from kbgate.errors import BadInput, IndexUnavailable, KBGateError, TooLarge
 from kbgate.text import check_query
 from web import client_gone, state
 from web.identity import request_caller
-from web.render import docs_href, render_answer
+from web.render import docs_href, redact_links, render_answer
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 log = logging.getLogger("kbgate.web")
@@ -131,7 +132,7 @@ def event_stream(query, k, tags) -> Response:
         except KBGateError as e:
             yield sse("error", {"code": e.code, "message": e.message})
         except Exception:
-            log.exception("search stream failed for %r", query)
+            log.exception("search stream failed")  # no query text: logs carry it only with [logging] queries
             yield sse("error", {"code": "internal_error", "message": "the answer failed on the server; see its log"})
         finally:
             events.close()  # client gone or done: give the job slot back
@@ -157,6 +158,7 @@ def sentiment():
     t0 = time.perf_counter()
     with services.pipeline.admit("sentiment", client_gone()):  # the model queue search uses: Busy when full
         labels = services.gate.classify(cleaned)
+    metrics.note(labels=[s.label for s in labels])
     return {"results": [s.as_dict() for s in labels],
             "timings_ms": {"total": round((time.perf_counter() - t0) * 1000, 1)},
             "model": services.model_info()}
@@ -181,7 +183,10 @@ def doc_list():
 def doc(page_id: str):
     """One wiki page's markdown and metadata (404 for an unknown id, and for a page the caller may not read)."""
     services = state().get()
-    p = _index(services).readable(page_id, request_caller(state().cfg))
+    index, caller = _index(services), request_caller(state().cfg)
+    p = index.readable(page_id, caller)
+    # a link to a page this caller may not open keeps its text only: its path would say the page exists
+    text = redact_links(p.text, p.id, lambda target: index.may_read(target, caller), services.cfg.server.wiki_base_url)
     return {"id": p.id, "path": p.path, "title": p.title, "tags": list(p.tags), "type": p.type,
-            "meta": p.meta, "sha256": p.sha256, "markdown": p.text,
+            "meta": p.meta, "sha256": p.sha256, "markdown": text,
             "url": services.pipeline.url(p.id), "html_url": docs_href(p.id)}
