@@ -187,6 +187,19 @@ def test_keys_deny_and_rate_limit_are_documented(services, conforms, monkeypatch
     assert r.status_code == 429 and conforms("POST", "/v1/chat/completions", r, retry_after=True)
 
 
+def test_a_vote_on_an_answer_is_documented(services, conforms):
+    client = create_app(services.cfg, services=services).test_client()
+    answer = conforms("POST", "/api/search", client.post("/api/search", json={"query": "How do I install the VPN?"}))
+    vote = {"answer_id": answer["answer_id"], "rating": "up"}
+    assert conforms("POST", "/api/feedback", client.post("/api/feedback", json=vote))["status"] == "recorded"
+    assert conforms("POST", "/api/feedback", client.post("/api/feedback", json={**vote, "rating": "down",
+                                                                                "comment": "old steps"}))["status"] == "updated"
+    conforms("POST", "/api/feedback", client.post("/api/feedback", json={**vote, "answer_id": "ans_0000000000000000"}))
+    conforms("POST", "/api/feedback", client.post("/api/feedback", json={**vote, "rating": "meh"}))
+    r = client.post("/api/feedback", json=vote, headers={"Sec-Fetch-Site": "cross-site"})
+    assert r.status_code == 403 and conforms("POST", "/api/feedback", r)
+
+
 def test_too_large_and_wrong_method_are_documented(services, conforms):
     client = create_app(services.cfg, services=services).test_client()
     big = "x" * (services.cfg.server.max_body_bytes + 1)
