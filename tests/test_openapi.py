@@ -23,7 +23,7 @@ from kbgate.admission import Admission
 from kbgate.config import load_config
 from web import create_app
 from web.openapi import document, operations
-from web.server import serve_in_thread
+from web.server import serve_in_thread, stop
 
 PROBES = ("/healthz", "/readyz", "/openapi.json")
 PENDING = {("POST", "/api/feedback")}  # described before its route lands; left out of the run until then
@@ -251,7 +251,7 @@ def live(services):
     try:
         yield app, base
     finally:
-        server.close()
+        stop(server)  # closed in its own loop thread: closing from here races its select()
 
 
 def schemathesis_cli() -> list[str]:
