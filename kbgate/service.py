@@ -143,8 +143,12 @@ def load_retriever(cfg: Config, index_dir=None):
     return make_retriever(cfg, load_index(index_dir or cfg.path(cfg.index.dir), embedder), embedder)
 
 
-def load_services(cfg: Config, index_dir=None, with_retriever: bool = True) -> Services:
-    """Load everything the service needs (and watch for new index versions); progress goes to stderr."""
+def load_services(cfg: Config, index_dir=None, with_retriever: bool = True, reload: bool = True) -> Services:
+    """Load everything the service needs; progress goes to stderr.
+
+    reload: pick up newly published index versions ([index] reload_check_s); a batch run that must
+    see one version throughout (an evaluation) passes False.
+    """
     t0 = time.perf_counter()
     from kbgate.engines import load_engine
 
@@ -155,6 +159,7 @@ def load_services(cfg: Config, index_dir=None, with_retriever: bool = True) -> S
         print("loading the embedder and the index ...", file=sys.stderr, flush=True)
         retriever = load_retriever(cfg, index_dir)
     services = build(cfg, engine, retriever)
-    services.watch_index()
+    if reload:
+        services.watch_index()
     services.load_seconds = time.perf_counter() - t0
     return services

@@ -35,14 +35,14 @@ def kbgate_index(config: Path, *args: str, timeout: float = 120) -> subprocess.C
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def load_served(config: Path, monkeypatch, reply: str = REPLY, delay: float = 0.0):
+def load_served(config: Path, monkeypatch, reply: str = REPLY, delay: float = 0.0, **kw):
     """kbgate.service.load_services as `kbgate serve` calls it, the language model swapped for the fake one."""
     import kbgate.engines
     from kbgate.config import load_config
     from kbgate.service import load_services
 
     monkeypatch.setattr(kbgate.engines, "load_engine", lambda cfg: FakeEngine(reply, delay))
-    return load_services(load_config(config))
+    return load_services(load_config(config), **kw)
 
 
 def serve(services):

@@ -169,6 +169,13 @@ def test_reload_check_s_0_is_off_and_checks_are_rate_limited(tmp_path, monkeypat
     assert stats == [tmp_path / ".index" / "CURRENT"] and services.retriever.index.version != v1
 
 
+def test_a_batch_run_loads_one_version_for_good(tmp_path, monkeypatch):
+    config = make_wiki(tmp_path, check_s=2)
+    build_index(load_config(config), tmp_path / "kb", tmp_path / ".index", HashEmbedder(64), progress=False)
+    assert load_served(config, monkeypatch).reloader.check_s == 2  # the service default
+    assert load_served(config, monkeypatch, reload=False).reloader is None  # e.g. an evaluation run
+
+
 def test_watch_rebuilds_once_per_burst_of_edits(tmp_path):
     from kbgate.index_watch import watch_wiki
 
