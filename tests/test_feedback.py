@@ -271,3 +271,21 @@ def test_openai_search_carries_the_answer_id(client, services):
     assert r.status_code == 200, r.get_json()
     aid = r.get_json()["kbgate"]["answer_id"]
     assert ANSWER_ID.match(aid) and store_of(services).answer(aid)["query"] == "在家怎么连公司内网"
+
+
+def _feedback_count(client, rating: str, source: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+    text = client.get("/metrics").get_data(as_text=True)
+    return sum(s.value for f in text_string_to_metric_families(text) if f.name == "kbgate_feedback"
+               for s in f.samples if s.name == "kbgate_feedback_total"
+               and s.labels == {"rating": rating, "source": source})
+
+
+def test_stored_votes_are_counted_in_metrics_by_source(client, services):
+    aid = post(client, "/api/search", {"query": "在家怎么连公司内网"}, user="alice").get_json()["answer_id"]
+    page0, api0 = _feedback_count(client, "up", "page"), _feedback_count(client, "down", "api")
+    post(client, "/api/feedback", {"answer_id": aid, "rating": "up"}, user="alice",
+         headers_extra={"X-KBGate-Source": "page"})
+    post(client, "/api/feedback", {"answer_id": aid, "rating": "down"}, user="bob")
+    post(client, "/api/feedback", {"answer_id": "ans_ffffffffffffffff", "rating": "down"}, user="bob")  # 404: not counted
+    assert _feedback_count(client, "up", "page") == page0 + 1 and _feedback_count(client, "down", "api") == api0 + 1

