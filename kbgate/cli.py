@@ -75,12 +75,15 @@ def feedback_export(fmt, out, index_dir):
         votes = FeedbackStore(path).votes()
     except KBGateError as e:
         raise click.ClickException(e.message) from None
-    stream = open(out, "w", encoding="utf-8", newline="") if out else sys.stdout
     try:
-        n = write(votes, fmt, stream)
-    finally:
-        if out:
-            stream.close()
+        stream = open(out, "w", encoding="utf-8", newline="") if out else sys.stdout
+        try:
+            n = write(votes, fmt, stream)
+        finally:
+            if out:
+                stream.close()
+    except OSError as e:
+        raise click.ClickException(f"cannot write {out or 'stdout'}: {e.strerror or e}") from None
     click.echo(f"{n} vote(s) from {path}" + (f" written to {out}" if out else ""), err=True)
 
 

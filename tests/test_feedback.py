@@ -259,6 +259,22 @@ def test_export_writes_csv_and_json_lines(tmp_path):
                              "pages", "asked_at", "asker"}
 
 
+def test_export_to_a_folder_that_does_not_exist_is_one_clear_line(tmp_path):
+    _seed(tmp_path / "index" / "feedback.sqlite3")
+    r = CliRunner().invoke(main, ["feedback", "export", "--out", str(tmp_path / "no" / "such" / "v.csv"),
+                                  "--index", str(tmp_path / "index")])
+    assert r.exit_code == 1 and "cannot write" in r.output and "Traceback" not in r.output
+
+
+def test_a_hot_reloaded_pipeline_keeps_the_same_votes(client, services, hash_retriever):
+    aid = post(client, "/api/search", {"query": "在家怎么连公司内网"}, user="alice").get_json()["answer_id"]
+    old = services.pipeline
+    services.swap(hash_retriever)  # what kbgate.reload does with a newly published index version
+    assert services.pipeline is not old and services.pipeline.feedback is old.feedback
+    r = post(client, "/api/feedback", {"answer_id": aid, "rating": "up"}, user="alice")
+    assert r.status_code == 200 and rows(services, "SELECT answer_id FROM votes") == [(aid,)]
+
+
 def test_export_without_a_feedback_file_says_where_it_looked(tmp_path):
     r = CliRunner().invoke(main, ["feedback", "export", "--index", str(tmp_path / "none")])
     assert r.exit_code != 0 and "no feedback file at" in r.output and "none" in r.output
