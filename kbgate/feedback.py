@@ -7,7 +7,7 @@ own connection (waitress threads); a write is one short transaction.
 
 - `record(...)`: one INSERT per answer (id, time, query, route, label, cited pages, the
   pages it showed, the asker). Past `keep_answers` the oldest answers nobody voted on are
-  dropped (checked every 1,000 answers); voted answers are kept for good.
+  dropped (every 1,000 answers, in a thread of its own); voted answers are kept for good.
 - `vote(...)`: one row per (voter, answer): a second vote replaces the rating (and the
   comment, when one is sent) of the first; "recorded" or "updated" says which.
 - `votes()`: the rows the ranking prior (kbgate.prior) and the export read.
@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS votes (
     PRIMARY KEY (answer_id, voter)
 );
 CREATE INDEX IF NOT EXISTS votes_updated ON votes (updated);
+CREATE INDEX IF NOT EXISTS answers_created ON answers (created);
 CREATE TABLE IF NOT EXISTS query_vectors (  -- the prior's embeddings of voted queries, per embedder
     embedder TEXT NOT NULL,
     query TEXT NOT NULL,
@@ -146,14 +147,28 @@ class FeedbackStore:
         with self._lock:
             self._recorded += 1
             prune = self.keep_answers > 0 and self._recorded % PRUNE_EVERY == 0
-        if prune:
+        if prune:  # off the request's thread: a scan of up to keep_answers rows
+            threading.Thread(target=self._prune_quietly, name="kbgate-feedback-prune", daemon=True).start()
+
+    def _prune_quietly(self) -> None:
+        try:
             self.prune()
+        except (sqlite3.Error, FeedbackUnavailable) as e:  # tried again 1,000 answers later
+            log.warning("pruning old answers in %s failed: %s", self.path, e)
 
     def prune(self) -> int:
-        """Drop the oldest answers without votes beyond `keep_answers`; return how many went."""
-        cur = self.conn().execute(
-            "DELETE FROM answers WHERE rowid IN (SELECT rowid FROM answers WHERE id NOT IN "
-            "(SELECT answer_id FROM votes) ORDER BY created DESC, rowid DESC LIMIT -1 OFFSET ?)", (self.keep_answers,))
+        """Drop the oldest answers without votes beyond `keep_answers` (0: none); return how many went."""
+        if self.keep_answers <= 0:
+            return 0
+        c = self.conn()
+        total = c.execute("SELECT count(*) FROM answers").fetchone()[0]
+        voted = c.execute("SELECT count(DISTINCT answer_id) FROM votes").fetchone()[0]
+        excess = total - voted - self.keep_answers
+        if excess <= 0:
+            return 0
+        # oldest first along the `created` index: the write lock is held for the excess rows only
+        cur = c.execute("DELETE FROM answers WHERE rowid IN (SELECT rowid FROM answers WHERE id NOT IN "
+                        "(SELECT answer_id FROM votes) ORDER BY created, rowid LIMIT ?)", (excess,))
         return cur.rowcount
 
     def answer(self, answer_id) -> dict:
