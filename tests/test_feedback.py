@@ -214,6 +214,9 @@ def test_prune_drops_the_oldest_unvoted_answers_only(tmp_path):
     assert store.prune() == 6  # 12 answers, 5 kept by age, the voted oldest one kept too
     kept = {r[0] for r in sqlite3.connect(store.path).execute("SELECT id FROM answers")}
     assert kept == {ids[0], *ids[-5:]}
+    assert store.prune() == 0  # at the cap: nothing more goes
+    assert FeedbackStore(store.path, keep_answers=0).prune() == 0  # 0 = keep all
+    assert len(sqlite3.connect(store.path).execute("SELECT id FROM answers").fetchall()) == 6
 
 
 def test_a_file_that_is_not_sqlite_is_a_clear_error_and_left_alone(tmp_path):
