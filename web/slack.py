@@ -184,24 +184,32 @@ def _plain(text: str, status: int):
     return text + "\n", status, {"Content-Type": "text/plain; charset=utf-8"}
 
 
-@bp.post("/slack/commands")
-def commands():
-    raw = request.get_data(cache=True)  # the raw body first: reading .form first would empty it
-    if request.form.get("ssl_check") == "1":
-        return _plain("ok", 200)
+def verified(raw: bytes) -> tuple[str, int] | None:
+    """None when the request is Slack's, signed and new; else (message, status) to answer with."""
     secret = os.environ.get(SECRET_ENV, "").strip()
     if not secret:
-        return _plain(f"Slack is not configured on this server: set {SECRET_ENV}", 503)
+        return f"Slack is not configured on this server: set {SECRET_ENV}", 503
     try:
         valid = SignatureVerifier(secret).is_valid_request(raw, dict(request.headers))
     except (ValueError, UnicodeDecodeError):  # a timestamp that is no number, a body that is no UTF-8
         valid = False
     if not valid:
-        return _plain("invalid or expired Slack signature", 401)
-
+        return "invalid or expired Slack signature", 401
     slack: Responder = current_app.extensions["slack"]
     if not slack.replays.first_use(request.headers.get("X-Slack-Signature", "")):
-        return _plain("this signed request was already received (replay refused)", 401)
+        return "this signed request was already received (replay refused)", 401
+    return None
+
+
+@bp.post("/slack/commands")
+def commands():
+    raw = request.get_data(cache=True)  # the raw body first: reading .form first would empty it
+    if request.form.get("ssl_check") == "1":
+        return _plain("ok", 200)
+    refused = verified(raw)
+    if refused:
+        return _plain(*refused)
+    slack: Responder = current_app.extensions["slack"]
     cfg, form = slack.cfg, request.form
     command = form.get("command", cfg.slack.command)
     text = form.get("text", "").strip()

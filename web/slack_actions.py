@@ -15,37 +15,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 from flask import Blueprint, current_app, request
-from slack_sdk.signature import SignatureVerifier
 
 from kbgate.errors import KBGateError
 from web import slack_blocks as sb
 from web import state
 from web.feedback import count_vote, visible_to
 from web.identity import slack_caller
-from web.slack import SECRET_ENV, Responder, _plain
+from web.slack import Responder, _plain, verified
 
 log = logging.getLogger("kbgate.slack")
 bp = Blueprint("slack_actions", __name__)
-
-
-def verified(raw: bytes) -> tuple[str, int] | None:
-    """None when the request is Slack's, signed and new; else (message, status) to answer with."""
-    secret = os.environ.get(SECRET_ENV, "").strip()
-    if not secret:
-        return f"Slack is not configured on this server: set {SECRET_ENV}", 503
-    try:
-        valid = SignatureVerifier(secret).is_valid_request(raw, dict(request.headers))
-    except (ValueError, UnicodeDecodeError):  # a timestamp that is no number, a body that is no UTF-8
-        valid = False
-    if not valid:
-        return "invalid or expired Slack signature", 401
-    slack: Responder = current_app.extensions["slack"]
-    if not slack.replays.first_use(request.headers.get("X-Slack-Signature", "")):
-        return "this signed request was already received (replay refused)", 401
-    return None
 
 
 def vote(payload: dict, action: dict) -> tuple[str, str]:
