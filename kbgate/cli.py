@@ -196,6 +196,7 @@ def serve(host, port, index_dir):
     except KBGateError as e:
         raise click.ClickException(e.message) from None
 
+
 @main.group()
 def token():
     """Bearer tokens for /api and /v1 (hashed in [auth] tokens_file)."""

@@ -36,6 +36,7 @@ from kbgate.errors import KBGateError
 from kbgate.feedback import Feedback, caller_identity, new_answer_id
 from kbgate.gate import SentimentGate
 from kbgate.engine import Finish
+from kbgate.translate import fuse_hits, other_language
 from kbgate.text import check_query, language
 
 log = logging.getLogger("kbgate.pipeline")
@@ -108,8 +109,9 @@ def _snippet(text: str, n: int = 240) -> str:
 class Pipeline:
     """Owns the gate, the retriever and the assistant; every model job passes `admission`."""
 
-    def __init__(self, cfg: Config, gate: SentimentGate, retriever, assistant: Assistant):
+    def __init__(self, cfg: Config, gate: SentimentGate, retriever, assistant: Assistant, translator=None):
         self.cfg, self.gate, self.retriever, self.assistant = cfg, gate, retriever, assistant
+        self.translator = translator  # kbgate.translate.QueryTranslator: a second pass in English, or None
         s = cfg.server  # max_pending bounds everything admitted; engine_slots of it run at once
         slots = min(s.engine_slots, s.max_pending)
         self.admission = Admission(slots, s.max_pending - slots, s.deadline_s)
@@ -123,11 +125,15 @@ class Pipeline:
         base = self.cfg.server.wiki_base_url.rstrip("/")
         return f"{base}/docs/{page}" + (f"#{anchor}" if anchor else "")
 
-    def search(self, query: str, k: int, *, troubleshooting: bool = False, tags=None, caller=None) -> list[Source]:
-        """Sources for `query` among the pages `caller` may read (None: all)."""
+    def search(self, query: str, k: int, *, troubleshooting: bool = False, tags=None, caller=None,
+               also: str | None = None) -> list[Source]:
+        """Sources for `query` among the pages `caller` may read (None: all); `also`: the query in the
+        wiki's other language, searched beside it and fused (kbgate.translate)."""
         prior = self.prior()
-        hits = self.retriever.search(query, k=k, prefer_troubleshooting=troubleshooting, tags=tags, caller=caller,
-                                     **({"prior": prior} if prior is not None else {}))
+        queries = [query] + ([also] if also else [])
+        lists = self.retriever.search_many(queries, k=3 * k if also else k, prefer_troubleshooting=troubleshooting,
+                                           tags=tags, caller=caller, **({"prior": prior} if prior is not None else {}))
+        hits = fuse_hits([lists[0][:k], other_language(self.retriever, lists[1], query)[:k]], k) if also else lists[0]
         return [self._source(i + 1, h, caller) for i, h in enumerate(hits)]
 
     def index_dir(self):
@@ -206,9 +212,16 @@ class Pipeline:
                   if trouble else f"{s.label} ({s.confidence:.2f}): not confidently negative")
         if cancelled():
             raise Cancelled("the client went away")
+        also = None
+        if self.translator is not None and self.translator.wanted(query):
+            t_t = time.perf_counter()
+            also = self.translator.translate(query, cancelled)
+            timings["translate"] = round((time.perf_counter() - t_t) * 1000, 1)
+            if also:
+                reason += f"; also searched in English as “{also}”"
         t_r = time.perf_counter()
         hits = self.search(query, max(k, self.cfg.answer.passages), troubleshooting=trouble, tags=tags,
-                           caller=caller)
+                           caller=caller, also=also)
         timings["retrieval"] = round((time.perf_counter() - t_r) * 1000, 1)
         relevant = [h for h in hits if h.relevance >= self.cfg.answer.min_score]
         passages = relevant[: self.cfg.answer.passages]

@@ -20,6 +20,7 @@ from kbgate.errors import IndexUnavailable
 from kbgate.gate import SentimentGate
 from kbgate.pipeline import Pipeline
 from kbgate.prompts import Prompts, prompt_folder
+from kbgate.translate import QueryTranslator
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,9 @@ def build(cfg: Config, engine: Engine, retriever=None) -> Services:
     prompts = Prompts(prompt_folder(cfg))
     gate = SentimentGate(engine, prompts, cfg.gate)
     assistant = Assistant(engine, prompts, cfg.answer, cfg.escalation)
-    pipeline = Pipeline(cfg, gate, retriever, assistant)
+    r = cfg.retrieval
+    translator = QueryTranslator(engine, prompts, r.translate, r.translate_max_tokens) if r.translate else None
+    pipeline = Pipeline(cfg, gate, retriever, assistant, translator)
     return Services(cfg, engine, gate, assistant, pipeline, retriever, time.perf_counter() - t0)
 
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 import math
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from kbgate.engine import EngineInfo, Finish
 
+TRANSLATE_SYSTEM = (Path(__file__).resolve().parent.parent / "prompts" / "translate.system.txt").read_text(
+    encoding="utf-8").rstrip()
 NEGATIVE_WORDS = ("烦", "又", "崩", "垃圾", "broken", "again", "useless", "hate", "!!")
 POSITIVE_WORDS = ("谢谢", "感谢", "太好", "thanks", "great", "love")
 
@@ -45,8 +48,10 @@ class FakeEngine:
     """Scripted replies and label probabilities with a record of every call."""
 
     def __init__(self, reply: str = "", delay: float = 0.0,
-                 labels: dict[str, float] | Callable[[str, Sequence[str]], dict] | None = None):
+                 labels: dict[str, float] | Callable[[str, Sequence[str]], dict] | None = None,
+                 translations: dict[str, str] | None = None):
         self.reply, self.delay, self.labels = reply, delay, labels or rule
+        self.translations = translations or {}  # query -> its English for the translate prompt ("" = none)
         self.generated = 0  # tokens streamed, all calls together
         self.calls: list[tuple[str, dict]] = []  # (method, arguments)
         self.prefixes: list[str] = []
@@ -96,7 +101,10 @@ class FakeEngine:
                                       "temperature": temperature, "top_p": top_p, "seed": seed,
                                       "repetition_penalty": repetition_penalty}))
         prompt = self.prompt_tokens(messages)
-        pieces = [self.reply[i:i + 3] for i in range(0, len(self.reply), 3)][:max_tokens]
+        reply = self.reply
+        if messages and messages[0]["content"] == TRANSLATE_SYSTEM:  # kbgate.translate asks, not an answer role
+            reply = self.translations.get(messages[-1]["content"], "")
+        pieces = [reply[i:i + 3] for i in range(0, len(reply), 3)][:max_tokens]
         text, n = "", 0
         for p in pieces:
             time.sleep(self.delay)
