@@ -63,6 +63,8 @@ bench: index
 	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/load.py
+	$(BIN)/python bench/reload.py
+	$(BIN)/python bench/feedback.py
 
 clean:
 	rm -rf $(VENV) .models .index
