@@ -23,6 +23,18 @@ def _f(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
+def _check_networks(key: str, items) -> None:
+    """ConfigError naming `key` for an item that is not an IP address or network."""
+    import ipaddress
+
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config: {key}: {item!r} is not an IP address or network "
+                              "such as \"127.0.0.1\" or \"10.0.0.0/8\"") from None
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     engine: str = _f("llamacpp", "llamacpp (in-process, reads the GGUF; the default), transformers (the torch "
@@ -201,16 +213,9 @@ class AuthConfig:
                                    "groups') to groups; \"\" = none: every Slack user is anonymous")
 
     def __post_init__(self):
-        import ipaddress
-
         from kbgate.access import check_policy
         check_policy(self.anonymous)  # ConfigError naming [auth] anonymous
-        for item in self.trusted_proxies:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except (TypeError, ValueError):
-                raise ConfigError(f"config: [auth] trusted_proxies: {item!r} is not an IP address or network "
-                                  "such as \"127.0.0.1\" or \"10.0.0.0/8\"") from None
+        _check_networks("[auth] trusted_proxies", self.trusted_proxies)
 
 
 @dataclass(frozen=True)
@@ -244,14 +249,7 @@ class MetricsConfig:
                                          "[\"127.0.0.1\", \"10.0.0.0/8\"]; others get 403. Default: this host only")
 
     def __post_init__(self):
-        import ipaddress
-
-        for item in self.allow:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except (TypeError, ValueError):
-                raise ConfigError(f"config: [metrics] allow: {item!r} is not an IP address or network "
-                                  "such as \"127.0.0.1\" or \"10.0.0.0/8\"") from None
+        _check_networks("[metrics] allow", self.allow)
 
 
 @dataclass(frozen=True)

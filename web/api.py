@@ -165,9 +165,10 @@ def sentiment():
 
 
 def _index(services):
-    if services.retriever is None:
+    retriever = services.retriever  # read once: a hot reload may swap it between two reads
+    if retriever is None:
         raise IndexUnavailable("no index is loaded")
-    return services.retriever.index
+    return retriever.index
 
 
 @bp.get("/docs")

@@ -110,18 +110,25 @@ def identities() -> Identities:
 
 
 @lru_cache(maxsize=64)
-def _networks(proxies: tuple) -> tuple:
-    return tuple(ipaddress.ip_network(p, strict=False) for p in proxies)  # checked by AuthConfig
+def networks(items: tuple) -> tuple:
+    """The ip_network of each configured address or network (checked when the config loads)."""
+    return tuple(ipaddress.ip_network(x, strict=False) for x in items)
 
 
-def trusted_peer(cfg, addr: str | None) -> bool:
-    """Whether `addr` (the TCP peer) is one of `[auth] trusted_proxies`."""
+def peer_in(addr: str | None, nets: tuple) -> bool:
+    """Whether the TCP peer `addr` is in one of `nets` (an IPv4-mapped IPv6 address counts as IPv4:
+    ::ffff:127.0.0.1 from a dual-stack socket)."""
     try:
         ip = ipaddress.ip_address((addr or "").split("%", 1)[0])
     except ValueError:
         return False
-    ip = getattr(ip, "ipv4_mapped", None) or ip  # ::ffff:127.0.0.1 from a dual-stack socket
-    return any(ip in net for net in _networks(tuple(cfg.auth.trusted_proxies)))
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    return any(ip.version == n.version and ip in n for n in nets)
+
+
+def trusted_peer(cfg, addr: str | None) -> bool:
+    """Whether `addr` (the TCP peer) is one of `[auth] trusted_proxies`."""
+    return peer_in(addr, networks(tuple(cfg.auth.trusted_proxies)))
 
 
 def _groups(value: str) -> frozenset:

@@ -13,7 +13,6 @@ cookie or Slack signature), no body; the query text only with `[logging] queries
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import sys
@@ -25,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pythonjsonlogger.json import JsonFormatter
 
 from kbgate import metrics
+from web.identity import networks, peer_in
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # uuids, hex, ULIDs, "req-42"; nothing that could forge a line
 log = logging.getLogger("kbgate.requests")
@@ -55,20 +55,6 @@ def request_logger() -> logging.Logger:
         log.setLevel(logging.INFO)
         log.propagate = False  # one line, whatever the root logger is set up to do
     return log
-
-
-def networks(items) -> tuple:
-    return tuple(ipaddress.ip_network(x, strict=False) for x in items)  # checked by MetricsConfig
-
-
-def peer_in(addr: str | None, nets: tuple) -> bool:
-    """Whether the TCP peer `addr` is in one of `nets` (an IPv4-mapped IPv6 address counts as IPv4)."""
-    try:
-        ip = ipaddress.ip_address((addr or "").split("%", 1)[0])
-    except ValueError:
-        return False
-    ip = getattr(ip, "ipv4_mapped", None) or ip
-    return any(ip.version == n.version and ip in n for n in nets)
 
 
 class Watched:
@@ -172,7 +158,7 @@ def init_app(app, cfg) -> None:
             finish(line, note, t0)
         return resp
 
-    allowed = networks(cfg.metrics.allow)
+    allowed = networks(tuple(cfg.metrics.allow))
 
     def metrics_view():
         if not peer_in(request.remote_addr, allowed):
