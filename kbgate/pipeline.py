@@ -29,8 +29,9 @@ from kbgate.answer import Assistant
 from kbgate.grounding import (Passage, attribute, citations, copies_example, count_steps, drop_copied, drop_echo,
                               drop_passage_headers, fix_steps, is_fix, message, quoted_steps_reply, with_ack,
                               without_contact)
+from kbgate.decide import extract, quote_value
 from kbgate.quotes import check_values, quote_verdict
-from kbgate.retrieval import is_steps_section
+from kbgate.retrieval import bilingual, is_steps_section
 from kbgate.config import Config
 from kbgate.errors import KBGateError
 from kbgate.feedback import Feedback, caller_identity, new_answer_id
@@ -260,6 +261,13 @@ class Pipeline:
         if cited:
             text, cited, notes = self._check(text, given, query, lang, trouble)
             reason += "".join(f"; {x}" for x in notes)
+        if not cited and not trouble and self.cfg.answer.verify_citations and self.cfg.answer.check_values:
+            # the passages passed the relevance bar but the reply is not grounded in them: a value or yes/no
+            # question still gets the wiki's line that answers it (kbgate.decide), quoted, not "no answer"
+            line = extract(query, given, lang, self.similar())
+            if line:
+                text, cited = line, citations(line, len(given))
+                reason += "; the model's reply was not grounded, so the wiki's line that answers it is quoted"
         if trouble:
             text, cited, note = self._troubleshoot(text, cited, given, passages, lang, example, caller)
             reason += note
@@ -294,7 +302,19 @@ class Pipeline:
             cited = [p for p in given if p.n in citations(text, len(given))]
             text, quoted = quote_verdict(text, cited or given, query, lang)
             notes += ["a yes/no question: the deciding line is quoted"] if quoted else []
+            if not quoted:  # cited passages first, then the others: the model may cite the wrong one
+                text, quoted = quote_value(text, cited + [p for p in given if p not in cited], query, lang,
+                                           self.similar())
+                notes += ["a value question the reply left unanswered: the wiki's line is quoted"] if quoted else []
         return text, citations(text, len(given)), notes
+
+    def similar(self):
+        """(query, lines) -> cosines by the first embedder that compares Chinese with English, or None."""
+        e = next((e for e in getattr(self.retriever, "embedders", ()) if bilingual(e)), None)
+        if e is None:
+            return None
+        from indexer.embedders import embed_queries
+        return lambda query, lines: e.embed(lines) @ embed_queries(e, [query])[0]
 
     def _troubleshoot(self, text: str, cited: list[int], given: list[Passage], passages: list[Source],
                       lang: str, example: str, caller=None) -> tuple[str, list[int], str]:

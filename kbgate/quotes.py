@@ -223,7 +223,9 @@ def check_values(text: str, passages: list, query: str, lang: str, topic: bool =
             said = values(s)
             table = values("\n".join(line for p in pool for key, line in passage_lines(p.text) if key))
             # a sentence quoting a table must take its values from the row it (or the question) names
-            rows = ([r for p in pool for r in named_rows(_CITED.sub("", s), p.text, query)]
+            # (plain answers: a row the question names counts too: "周末值班多少补贴" holds "200 元" to the 周末 row)
+            named = _CITED.sub("", s) + (" " + query if topic else "")
+            rows = ([r for p in pool for r in named_rows(named, p.text, query)]
                     if any(stated(v, table) for v in said) else [])
             gone = missing(s, "\n".join(rows) if rows else "\n".join(p.text for p in pool), query)
             if topic and not gone:

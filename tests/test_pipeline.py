@@ -155,3 +155,25 @@ def test_a_restricted_fix_section_is_never_quoted_for_an_outsider(make_services)
         assert bool(quoted) == shown and bool(passages) == shown, caller
         if shown:
             assert passages[0].page == "eng/break-glass" and "bg-root-prod-5c7e" in passages[0].text
+
+
+def test_an_ungrounded_reply_to_a_value_question_becomes_the_wikis_line(make_services):
+    # the model's reply says nothing the passages hold; the question asks for an amount the wiki states
+    s = make_services("I think you should ask someone.", gate={"negative_threshold": 1.01},
+                      answer={"min_score": 0.0, "verify_citations": True, "passages": 5})
+    r = s.pipeline.ask("周末值班一天给多少补贴？")
+    assert r.route == "answer" and "line that answers it is quoted" in r.reason
+    assert r.answer.startswith("Wiki 原文：") and "周末" in r.answer and "400 元" in r.answer
+    assert [x.page for x in r.sources if x.cited] == ["eng/oncall"]
+    # a how-to question gets no such line: it stays "no answer"
+    r = s.pipeline.ask("how do I connect to the VPN from home")
+    assert r.route == "no_answer" and "not grounded" in r.reason
+
+
+def test_a_reply_that_leaves_the_value_out_gets_the_line_quoted_first(make_services):
+    s = make_services("值班补贴按日期类型发放 [1]。", gate={"negative_threshold": 1.01},
+                      answer={"min_score": 0.0, "verify_citations": True, "passages": 5})
+    r = s.pipeline.ask("周末值班一天给多少补贴？")
+    assert r.route == "answer", r.reason
+    first = r.answer.split("\n", 1)[0]
+    assert first.startswith("Wiki 原文：") and "400 元" in first and "value question" in r.reason

@@ -1,0 +1,153 @@
+"""Quote the wiki's line for a question that asks for a value: "陪产假可以休几天？", "daily per diem?".
+
+The 0.5B model often answers such a question around the value ("上海公司提供生育津贴"),
+or with a neighbouring row's value ("200 元" for the weekend, where the weekend row
+says 400 元). `kbgate.quotes.check_values` catches a wrong value the reply states, but
+not a value it leaves out. So for a value question the line that holds the answer is
+found in the cited passages and quoted first, unless the reply already states one of
+that line's values: the user always sees the wiki's own number, cited.
+
+The line: among the passages' lines that state a value, a table row the question names
+(陪产假, or a range holding its quantity: 工作三年 -> 满 1 年不满 10 年) first, then the
+most topic terms shared with the question. An English question on a Chinese page shares
+no term with any line; there a bilingual embedder's cosine (`similar`) picks the line.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, NamedTuple, Sequence
+
+from kbgate.quotes import _quantities, _quote, _terms, _topic, deciding_line, in_range, is_yes_no, passage_lines
+from kbgate.values import normalise, stated, values
+
+# questions whose answer is a number, amount, duration, time, date or code
+ASKS_ZH = re.compile(r"多少|多久|多长|多大|多高|多远|多晚|多早|几[天个次点号月年周岁张人位成倍小分级]|第几|"
+                     r"什么时候|啥时候|何时|哪天|哪一天|几时|截止|期限|上限|限额|标准是|额度|电话|分机|号码|地址|网址")
+ASKS_EN = re.compile(r"\bhow (?:many|much|long|far|often|soon|late|early|old|big|high)\b|\bwhat time\b|\bwhen\b|"
+                     r"\bwhich (?:day|date|number|extension)\b|\bdeadline\b|\bby when\b|"
+                     r"\b(?:max(?:imum)?|minimum|limit|cap|rate|allowance|per diem|budget|fee|cost|price|"
+                     r"amount|number|extension|phone|address|url)\b", re.I)
+
+DURATION = {"workday", "day", "week", "month", "year", "hour", "minute", "second"}
+# what kind of value a question asks for (answer-type matching, as in classic QA): a line holding one wins
+ASKED = [
+    (re.compile(r"几点|几时|what time|\bat what\b", re.I), {"time"}),
+    (re.compile(r"多久|多长时间|多长|几天|多少天|几个?月|几周|几个?星期|几年|多少年|第几天|有效期|提前多少|"
+                r"\bhow (?:long|soon|far in advance)\b|\bhow many (?:\w+ )?(?:days|weeks|months|years|hours|minutes)\b|"
+                r"\bhow (?:many )?days\b", re.I), DURATION),
+    (re.compile(r"多少钱|多少元|几块|费用|补贴|津贴|报销.{0,6}多少|多少.{0,4}报|预算|价格|"
+                r"\bhow much\b|\b(?:cost|price|fee|allowance|per diem|budget|rate|reimburse\w*)\b", re.I), {"money", "usd"}),
+    (re.compile(r"比例|百分之|多少%|\bpercent|%", re.I), {"percent"}),
+    (re.compile(r"几个人|多少人|几名|几位|\bhow many (?:people|persons|approv\w+|reviewers)\b", re.I), {"people"}),
+    (re.compile(r"几次|多少次|\bhow many times\b", re.I), {"times"}),
+    (re.compile(r"分机|电话|号码|\b(?:extension|phone|number to call)\b", re.I), {"phone"}),
+]
+_MONEY_WORD = re.compile(r"元|¥|\$|rmb|cny|usd", re.I)
+
+
+def asked_kinds(query: str) -> set[str]:
+    """The value kinds a question asks for (unit classes of kbgate.values, "time", "phone"); empty: any."""
+    q = normalise(query)
+    return set().union(*(kinds for pattern, kinds in ASKED if pattern.search(q)))
+
+
+def kind_fits(own: set, line: str, kinds: set[str]) -> bool:
+    """Whether a line's values (not the question's) include one of the kinds asked for."""
+    for v in own:
+        if v.kind == "time" and "time" in kinds or v.unit in kinds:
+            return True
+        if "phone" in kinds and (v.kind == "code" and sum(c.isdigit() for c in v.text) >= 3 or
+                                 v.kind == "num" and v.unit is None and len(v.text) >= 3):
+            return True
+        if v.kind == "num" and v.unit is None and kinds & {"money", "usd"} and _MONEY_WORD.search(line):
+            return True  # a table column that carries its unit in the header: "金额（元）: 150"
+    return False
+
+
+Similar = Callable[[str, list[str]], Sequence[float]]  # (query, lines) -> one cosine per line
+
+
+def asks_value(query: str) -> bool:
+    """Whether the question asks for a value a right answer must state."""
+    q = normalise(query)
+    return bool(ASKS_ZH.search(q) or ASKS_EN.search(q))
+
+
+class Line(NamedTuple):
+    named: bool  # a table row the question names
+    fits: bool  # holds a value of the kind asked for
+    shared: int  # topic terms shared with the question
+    order: int  # the passage's rank (0 = best)
+    text: str
+    n: int  # the passage's number
+
+
+def value_line(query: str, passages: list, similar: Similar | None = None) -> tuple[str, int] | None:
+    """(line, passage n) of the line that answers a value question, or None (no line with a value)."""
+    topic, nums, low, kinds = _topic(query), _quantities(query), normalise(query).lower(), asked_kinds(query)
+    asked = values(query)
+    cands = []
+    for order, p in enumerate(passages):
+        for key, line in passage_lines(p.text):
+            own = values(line) - asked  # the question's own numbers answer nothing
+            if own:
+                named = bool(key) and (names(key, low) or in_range(key, nums))
+                cands.append(Line(named, kind_fits(own, line, kinds), len(topic & _terms(line)), order, line, p.n))
+    if kinds:  # a line with the kind of value asked for, or none: "how much" is not answered by a date
+        cands = [c for c in cands if c.fits]
+    if not cands or (similar is None and not any(c.named or c.shared for c in cands)):
+        return None  # no line, or nothing ties one to the question (another language, no embedder)
+    cos = list(similar(query, [c.text for c in cands])) if similar is not None else [0.0] * len(cands)
+
+    def rank(i: int):
+        c = cands[i]
+        # one shared word ("days") ties an English line of a wrong page as well as the right Chinese row:
+        # words lead from two up; below that the cosine decides
+        return c.named, c.shared if c.shared >= 2 else 0, cos[i], c.shared, -c.order
+    best = cands[max(range(len(cands)), key=rank)]
+    return best.text, best.n
+
+
+def names(key: str, query: str) -> bool:
+    """Whether the question names a table row by its key: the whole key, or for a Chinese key two
+    characters of it in a row ("陪产" names 陪产假; one character, 假, names nothing)."""
+    key = normalise(key).lower()
+    if len(key) >= 2 and key in query:
+        return True
+    return any(_cjk(key[i]) and _cjk(key[i + 1]) and key[i:i + 2] in query for i in range(len(key) - 1))
+
+
+def _cjk(ch: str) -> bool:
+    return "\u4e00" <= ch <= "\u9fff"
+
+
+def quoted_line(found: tuple[str, int], lang: str) -> str:
+    """The line as the reply's own quoted sentence, cited."""
+    return _quote(found[0], found[1], lang) + ("。" if lang == "zh" else ".")
+
+
+def quote_value(text: str, passages: list, query: str, lang: str,
+                similar: Similar | None = None) -> tuple[str, bool]:
+    """For a value question: the answering line quoted before the reply, unless the reply states
+    one of its values. Returns (text, changed). Passages: the cited ones, best first."""
+    if not passages or not asks_value(query):
+        return text, False
+    found = value_line(query, passages, similar)
+    if not found:
+        return text, False
+    own = values(found[0]) - values(query)
+    if any(stated(v, own) for v in values(text)):
+        return text, False
+    return (quoted_line(found, lang) + "\n" + text.strip()).strip(), True
+
+
+def extract(query: str, passages: list, lang: str, similar: Similar | None = None) -> str | None:
+    """A reply of the wiki's own line, quoted and cited, for a yes/no or value question (None: neither,
+    or no line decides it): what the user gets when the model's reply is not grounded."""
+    if is_yes_no(query):
+        found = deciding_line(query, passages)
+    elif asks_value(query):
+        found = value_line(query, passages, similar)
+    else:
+        return None
+    return quoted_line(found, lang) if found else None
