@@ -74,7 +74,7 @@ def asks_value(query: str) -> bool:
 
 
 class Line(NamedTuple):
-    named: bool  # a table row the question names
+    named: int  # how strongly the question names this table row (kbgate.decide.names)
     fits: bool  # holds a value of the kind asked for
     shared: int  # topic terms shared with the question
     order: int  # the passage's rank (0 = best)
@@ -91,7 +91,7 @@ def value_line(query: str, passages: list, similar: Similar | None = None) -> tu
         for key, line in passage_lines(p.text):
             own = values(line) - asked  # the question's own numbers answer nothing
             if own:
-                named = bool(key) and (names(key, low) or in_range(key, nums))
+                named = (names(key, low) or 2 * in_range(key, nums)) if key else 0
                 cands.append(Line(named, kind_fits(own, line, kinds), len(topic & _terms(line)), order, line, p.n))
     if kinds:  # a line with the kind of value asked for, or none: "how much" is not answered by a date
         cands = [c for c in cands if c.fits]
@@ -108,13 +108,19 @@ def value_line(query: str, passages: list, similar: Similar | None = None) -> tu
     return best.text, best.n
 
 
-def names(key: str, query: str) -> bool:
-    """Whether the question names a table row by its key: the whole key, or for a Chinese key two
-    characters of it in a row ("陪产" names 陪产假; one character, 假, names nothing)."""
+def names(key: str, query: str) -> int:
+    """How strongly the question names a table row by its key: the length of the longest run of the key's
+    characters in the question, from two ("陪产" names 陪产假 with 2, 陪产假 itself with 3; 假 alone names
+    nothing), 0 if none. The longer match wins: "陪产假有几天" names 陪产假 (3) before 产假 (2)."""
     key = normalise(key).lower()
     if len(key) >= 2 and key in query:
-        return True
-    return any(_cjk(key[i]) and _cjk(key[i + 1]) and key[i:i + 2] in query for i in range(len(key) - 1))
+        return len(key)
+    best = 0
+    for i in range(len(key) - 1):
+        j = i + 2
+        while j <= len(key) and all(_cjk(c) for c in key[i:j]) and key[i:j] in query:
+            best, j = max(best, j - i), j + 1
+    return best
 
 
 def _cjk(ch: str) -> bool:

@@ -30,7 +30,7 @@ from kbgate.grounding import (Passage, attribute, citations, copies_example, cou
                               drop_passage_headers, fix_steps, is_fix, message, quoted_steps_reply, with_ack,
                               without_contact)
 from kbgate.decide import extract, quote_value
-from kbgate.quotes import check_values, quote_verdict
+from kbgate.quotes import check_values, is_yes_no, quote_verdict
 from kbgate.retrieval import bilingual, is_steps_section
 from kbgate.config import Config
 from kbgate.errors import KBGateError
@@ -261,13 +261,9 @@ class Pipeline:
         if cited:
             text, cited, notes = self._check(text, given, query, lang, trouble)
             reason += "".join(f"; {x}" for x in notes)
-        if not cited and not trouble and self.cfg.answer.verify_citations and self.cfg.answer.check_values:
-            # the passages passed the relevance bar but the reply is not grounded in them: a value or yes/no
-            # question still gets the wiki's line that answers it (kbgate.decide), quoted, not "no answer"
-            line = extract(query, given, lang, self.similar())
-            if line:
-                text, cited = line, citations(line, len(given))
-                reason += "; the model's reply was not grounded, so the wiki's line that answers it is quoted"
+        if not trouble and self.cfg.answer.verify_citations and self.cfg.answer.check_values:
+            text, cited, note = self._decide(text, cited, given, passages, query, lang, caller)
+            reason += note
         if trouble:
             text, cited, note = self._troubleshoot(text, cited, given, passages, lang, example, caller)
             reason += note
@@ -302,11 +298,43 @@ class Pipeline:
             cited = [p for p in given if p.n in citations(text, len(given))]
             text, quoted = quote_verdict(text, cited or given, query, lang)
             notes += ["a yes/no question: the deciding line is quoted"] if quoted else []
-            if not quoted:  # cited passages first, then the others: the model may cite the wrong one
-                text, quoted = quote_value(text, cited + [p for p in given if p not in cited], query, lang,
-                                           self.similar())
-                notes += ["a value question the reply left unanswered: the wiki's line is quoted"] if quoted else []
         return text, citations(text, len(given)), notes
+
+    def _decide(self, text: str, cited: list[int], given: list[Passage], passages: list[Source], query: str,
+                lang: str, caller=None) -> tuple[str, list[int], str]:
+        """A value question whose reply leaves the value out gets the wiki's line holding it quoted first; one
+        whose reply is not grounded (though the passages passed the relevance bar) gets that line, or for a
+        yes/no question the deciding line, as its answer instead of "no answer" (kbgate.decide).
+
+        The line is looked for in the cited passages, then the others, then the rest of the best of
+        them's page (the value may sit in another section: the leave table beside 生育津贴); a section
+        quoted from there joins the sources.
+        """
+        first = [p for p in given if p.n in cited]
+        pool = first + [p for p in given if p not in first]
+        extra = self._page_rest((first or given)[0].page, passages, caller) if given else []
+        pool += [Passage(x.n, x.title, x.heading, x.text, x.page) for x in extra]
+        if cited:
+            if is_yes_no(query):
+                return text, cited, ""  # _check quoted its deciding line
+            out, quoted = quote_value(text, pool, query, lang, self.similar())
+            note = "; a value question the reply left unanswered: the wiki's line is quoted"
+        else:
+            out = extract(query, pool, lang, self.similar()) or ""
+            quoted, note = bool(out), "; the model's reply was not grounded, so the wiki's line that answers it is quoted"
+        if not quoted:
+            return text, cited, ""
+        for x in [x for x in extra if f"[{x.n}]" in out]:  # joins the sources (the done event carries them),
+            n = len(passages) + 1                              # numbered right after them
+            out, x.n = out.replace(f"[{x.n}]", f"[{n}]"), n
+            passages.append(x)
+        return out, citations(out, len(passages)), note
+
+    def _page_rest(self, page: str, passages: list[Source], caller=None) -> list[Source]:
+        """The sections of `page` not among the passages, as sources numbered after them."""
+        have = {(p.page, p.heading) for p in passages}
+        rest = [h for h in self.retriever.page_sections(page, caller) if (h.page, h.heading) not in have]
+        return [self._source(len(passages) + i, h, caller) for i, h in enumerate(rest, 1)]
 
     def similar(self):
         """(query, lines) -> cosines by the first embedder that compares Chinese with English, or None."""

@@ -130,6 +130,12 @@ class Retriever:
         return next((self._hit(rows[0]) for (pg, heading), rows in self._sections().items()
                      if pg == page and is_steps_section(heading)), None)
 
+    def page_sections(self, page: str, caller=None) -> list[Hit]:
+        """Every section of a page in order, as hits with no scores ([] when the caller may not read it)."""
+        if caller is not None and not self.index.may_read(page, caller):
+            return []
+        return [self._hit(rows[0]) for (pg, _), rows in self._sections().items() if pg == page]
+
     def _sections(self) -> dict[tuple, list[int]]:
         """(page, heading) -> the rows of its pieces in order; built on first use (dicts keep page order)."""
         if self._section_rows is None:

@@ -85,3 +85,10 @@ def test_a_line_with_the_kind_of_value_asked_for_beats_one_sharing_more_words():
     assert value_line("东西落在会议室了，前台能帮忙留多久？", [p]) == ("前台保管 30 天，逾期捐赠。", 1)
     # "how much" with no amount on any line: nothing is quoted
     assert value_line("失物招领要交多少钱？", [p]) is None
+
+
+def test_the_longer_name_wins_when_one_key_hides_in_another():
+    from kbgate.decide import names
+    assert names("陪产假", "陪产假有几天") == 3 and names("产假", "陪产假有几天") == 2 and names("婚假", "陪产假有几天") == 0
+    rows = Passage(1, "假期", "", "| 假期 | 天数 |\n|---|---|\n| 产假 | 158 天 |\n| 陪产假 | 10 个工作日 |", "hr/leave")
+    assert value_line("陪产假有几天？", [rows]) == ("假期: 陪产假; 天数: 10 个工作日", 1)

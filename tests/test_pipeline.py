@@ -177,3 +177,16 @@ def test_a_reply_that_leaves_the_value_out_gets_the_line_quoted_first(make_servi
     assert r.route == "answer", r.reason
     first = r.answer.split("\n", 1)[0]
     assert first.startswith("Wiki 原文：") and "400 元" in first and "value question" in r.reason
+
+
+def test_the_value_may_come_from_another_section_of_the_cited_page(make_services):
+    # 假期一览 (the leave table) is not among the passages: 生育津贴 and 申请方式 of the same page are
+    s = make_services("陪产假请在 HR 系统申请 [1]。", gate={"negative_threshold": 1.01},
+                      answer={"min_score": 0.0, "verify_citations": True, "passages": 2})
+    q = "生育津贴怎么申领，陪产假有几天？"
+    assert "假期一览" not in " ".join(h.heading for h in s.pipeline.search(q, 2))
+    r = s.pipeline.ask(q)
+    assert r.route == "answer", r.reason
+    assert "陪产假" in r.answer.split("\n", 1)[0] and "10 个工作日" in r.answer
+    table = [x for x in r.sources if x.heading.endswith("假期一览")]
+    assert len(table) == 1 and table[0].cited and table[0].n == 3 and f"[{table[0].n}]" in r.answer
