@@ -38,7 +38,8 @@ ASKED = [
     (re.compile(r"多少钱|多少元|几块|费用|补贴|津贴|报销.{0,6}多少|多少.{0,4}报|预算|价格|"
                 r"\bhow much\b|\b(?:cost|price|fee|allowance|per diem|budget|rate|reimburse\w*)\b", re.I), {"money", "usd"}),
     (re.compile(r"比例|百分之|多少%|\bpercent|%", re.I), {"percent"}),
-    (re.compile(r"几个人|多少人|几名|几位|\bhow many (?:people|persons|approv\w+|reviewers)\b", re.I), {"people"}),
+    (re.compile(r"几个人|多少人|几名|几位|人数|多少(?:员工|同事|名)|"
+                r"\bhow many (?:people|persons|employees|staff|members|approv\w+|reviewers)\b", re.I), {"people"}),
     (re.compile(r"几次|多少次|\bhow many times\b", re.I), {"times"}),
     (re.compile(r"分机|电话|号码|\b(?:extension|phone|number to call)\b", re.I), {"phone"}),
 ]

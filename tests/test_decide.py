@@ -92,3 +92,11 @@ def test_the_longer_name_wins_when_one_key_hides_in_another():
     assert names("陪产假", "陪产假有几天") == 3 and names("产假", "陪产假有几天") == 2 and names("婚假", "陪产假有几天") == 0
     rows = Passage(1, "假期", "", "| 假期 | 天数 |\n|---|---|\n| 产假 | 158 天 |\n| 陪产假 | 10 个工作日 |", "hr/leave")
     assert value_line("陪产假有几天？", [rows]) == ("假期: 陪产假; 天数: 10 个工作日", 1)
+
+
+@pytest.mark.parametrize("query,kinds", [("几点去前台报到？", {"time"}), ("How long is a VPN session?", None),
+                                         ("出差一天补贴多少钱", {"money", "usd"}), ("How many employees do we have?", {"people"}),
+                                         ("保安电话是多少", {"phone"}), ("报销截止期限是什么时候", set())])
+def test_the_kind_of_value_a_question_asks_for(query, kinds):
+    from kbgate.decide import DURATION, asked_kinds
+    assert asked_kinds(query) == (DURATION if kinds is None else kinds)
