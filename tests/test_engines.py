@@ -1,5 +1,6 @@
 """The engines behind one interface: the same checks on transformers (tiny random Qwen2, fast)
 and on llama.cpp and transformers with the bundled Qwen (slow); the two real engines compared."""
+import math
 import sys
 
 import pytest
@@ -198,3 +199,46 @@ def test_a_restart_loads_the_saved_prefix_instead_of_evaluating_it(tmp_path, mon
     third = LlamaCppEngine(gguf, n_ctx=2048, slots=1, kv_dir=tmp_path)
     third.register_prefix(prefix, open_last=True)
     assert all(abs(third.classify(query, ["陈述", "抱怨"])[c] - want[c]) < 1e-3 for c in want)
+
+
+@pytest.mark.slow
+def test_classify_runs_in_a_small_context_of_its_own_and_reads_the_same_probabilities():
+    """llama.cpp: a classify call continues its prefix in a second context that holds only that prefix, so its
+    tail attends over those cells, not over every role's prefix and the answers in flight; the probabilities
+    are the main context's (same label; the values differ by float noise), a tail too long for that context
+    runs in the main one, and a stream in flight changes nothing."""
+    from kbgate.config import load_config
+    from kbgate.engines.llamacpp import LlamaCppEngine
+    from kbgate.provision import fetch_gguf
+
+    gguf = fetch_gguf(load_config())
+    other = [{"role": "system", "content": "You answer from the passages. " + "The VPN needs the Acme client. " * 60}]
+    prefix = SYS + [{"role": "user", "content": "文本：今天天气不错\n类别：陈述\n\n文本：邮箱又登不上了\n类别：抱怨\n\n文本："}]
+    texts = ["VPN 又断了！", "谢谢，问题解决了", "How do I book a room? " * 80]  # the last: ~560 tokens
+    queries = [SYS + [{"role": "user", "content": prefix[-1]["content"] + t + "\n类别："}] for t in texts]
+    choices = ["陈述", "抱怨", "感谢", "提问"]
+    engines = [LlamaCppEngine(gguf, n_ctx=4096, kv_dir=None, classify_room=room) for room in (0, 512)]
+    for e in engines:
+        e.register_prefix(other)
+        e.register_prefix(prefix, open_last=True)
+    main_only, small = engines
+    assert main_only.small is None
+    assert list(small.small.held) == [small.prefixes.find(small.render(prefix, open_last=True,
+                                                                       generation_prompt=False)).text]
+    assert small.small.n_ctx < small.main.n_ctx
+    where = []
+    for q in queries:
+        ids, p = small.prompt_ids(q, open_last=True)
+        where.append(small._classify_context(p, len(ids))[0] is small.small)
+    assert where == [True, True, False]  # the long one is over the cells a call may use there
+    for q in queries:
+        want, got = main_only.classify(q, choices), small.classify(q, choices)
+        assert max(want, key=want.get) == max(got, key=got.get)
+        # cells at other indices round differently, and the int8 activations carry that on: up to 0.13 in a
+        # logit here, as between a cached prefix and the same prompt evaluated whole (0.08-0.12)
+        assert all(abs(math.log(got[c] / want[c])) < 0.3 for c in choices), (got, want)
+    before = small.classify(queries[0], choices)
+    gen = small.stream([{"role": "user", "content": "Tell me a long story."}], max_tokens=50)
+    next(gen)  # an answer holds cells of the main context now
+    assert small.classify(queries[0], choices) == before  # bit for bit: another context
+    gen.close()

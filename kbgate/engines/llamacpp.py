@@ -1,13 +1,18 @@
 """The default engine: llama.cpp in-process (llama-cpp-python), reading the GGUF as it is.
 
-One model and one context serve every role. The context holds several KV
-sequences in one unified cache: each registered prefix (a role's system prompt and
-worked examples) is evaluated once into a sequence of its own and stays there; a
-call takes a free working sequence and copies the prefix into it with
-`llama_memory_seq_cp`, which only tags the cache cells (no compute, no state
+One model serves every role, from two contexts on its shared weights. The main
+context holds several KV sequences in one unified cache: each registered prefix (a
+role's system prompt and worked examples) is evaluated once into a sequence of its
+own and stays there; a call takes a free working sequence and copies the prefix into
+it with `llama_memory_seq_cp`, which only tags the cache cells (no compute, no state
 restore), then evaluates its own tokens. Streams and gate calls therefore never
 disturb each other's cache. One lock serializes `llama_decode`, one batch or one
 decode step at a time, so a gate call slips in between the steps of an answer.
+
+`classify` runs in a small second context that holds only the prefixes classify
+calls use (copied once from the main context): llama.cpp attends over every used
+cell of a unified cache, so in the main one a 20-token gate tail would attend over
+all roles' prefixes and the answers in flight instead of its own ~1,100 cells.
 
 Not handled: batching several sequences into one decode, GPUs, grammars.
 """
@@ -34,6 +39,7 @@ from kbgate.errors import EngineUnavailable, ModelError
 FILE_TYPES = {"0": "F32", "1": "F16", "2": "Q4_0", "7": "Q8_0", "12": "Q3_K_M", "14": "Q4_K_S",
               "15": "Q4_K_M", "16": "Q5_K_S", "17": "Q5_K_M", "18": "Q6_K", "32": "BF16"}
 MAX_PREFIXES = 6
+CLASSIFY_SLOTS = 2  # classify calls at once in the small context (more wait; they are one pass each)
 
 
 def import_llama_cpp():
@@ -53,15 +59,44 @@ def import_llama_cpp():
     return llama_cpp
 
 
+class Context:
+    """One llama.cpp context on the shared model: its KV cells, a batch, and its free working sequences."""
+
+    def __init__(self, ll, model, *, n_ctx: int, n_batch: int, threads: int, slots: int, flash_attn: bool):
+        from llama_cpp._internals import LlamaContext
+
+        cp = ll.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, n_batch, n_batch
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.n_seq_max = MAX_PREFIXES + slots
+        cp.kv_unified = True  # one cell pool: copying a prefix into a working sequence shares its cells
+        # llama.cpp's default ("auto") turns flash attention on for the CPU, where it doubled the time of a
+        # 16-token gate tail after a 900-token prefix here (342-390 ms against 172-187 ms without)
+        cp.flash_attn_type = 1 if flash_attn else 0
+        self.ll, self._ctx = ll, LlamaContext(model=model, params=cp, verbose=False)
+        self.ctx, self.n_ctx, self.n_batch = self._ctx.ctx, n_ctx, n_batch
+        self.mem = ll.llama_get_memory(self.ctx)
+        self.batch = ll.llama_batch_init(n_batch, 0, 1)
+        self.free = list(range(MAX_PREFIXES, MAX_PREFIXES + slots))
+        self.slots = threading.Condition()
+        self.held: dict[str, int] = {}  # prefix text -> the sequence holding it (the small context's copies)
+        self.held_cells = 0
+
+    def __del__(self):
+        if getattr(self, "batch", None) is not None:
+            self.ll.llama_batch_free(self.batch)
+            self.batch = None
+
+
 class LlamaCppEngine:
     """A GGUF model in llama.cpp with per-prefix KV sequences and a lock around each decode."""
 
     def __init__(self, path: str | Path, *, threads: int = 0, n_ctx: int = 8192, n_batch: int = 512,
                  slots: int = 8, name: str | None = None, extra_buffers: bool = False, flash_attn: bool = False,
-                 kv_dir: str | Path | None = ""):
+                 kv_dir: str | Path | None = "", classify_room: int = 1024):
         ll = self.ll = import_llama_cpp()
         from llama_cpp import _logger
-        from llama_cpp._internals import LlamaContext, LlamaModel
+        from llama_cpp._internals import LlamaModel
 
         _logger.set_verbose(False)
         self.path, self.name = Path(path), name or Path(path).stem
@@ -72,40 +107,27 @@ class LlamaCppEngine:
             self._model = LlamaModel(path_model=str(path), params=mp, verbose=False)
         except ValueError as e:
             raise ModelError(f"llama.cpp could not load {path}: {e}; is it a GGUF file?") from None
-        cp = ll.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, n_batch, n_batch
-        cp.n_threads = cp.n_threads_batch = self.threads
-        cp.n_seq_max = MAX_PREFIXES + slots
-        cp.kv_unified = True  # one cell pool: copying a prefix into a working sequence shares its cells
-        # llama.cpp's default ("auto") turns flash attention on for the CPU, where it doubled the time of a
-        # 16-token gate tail after a 900-token prefix here (342-390 ms against 172-187 ms without)
-        cp.flash_attn_type = 1 if flash_attn else 0
-        self._ctx = LlamaContext(model=self._model, params=cp, verbose=False)
-        self.ctx, self.vocab = self._ctx.ctx, self._model.vocab
-        self.mem = ll.llama_get_memory(self.ctx)
+        self.main = Context(ll, self._model, n_ctx=n_ctx, n_batch=n_batch, threads=self.threads, slots=slots,
+                            flash_attn=flash_attn)
+        # classify's own context, made for the first prefix classify continues: that prefix plus
+        # `classify_room` cells for the calls' own tokens (0 = none: classify runs in the main context)
+        self.small: Context | None = None
+        self.classify_room, self.flash_attn = classify_room, flash_attn
         self.n_ctx, self.n_batch = n_ctx, n_batch
+        self.vocab = self._model.vocab
         self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
-        self._batch = ll.llama_batch_init(n_batch, 0, 1)
         self.meta = self._model.metadata()
         self.template = self.meta.get("tokenizer.chat_template")
         if not self.template:
             raise ModelError(f"{path} carries no chat template (tokenizer.chat_template); use a chat model's GGUF")
         self.eos_ids = {t for t in (self._special("<|im_end|>"), self._special("<|endoftext|>"),
                                     ll.llama_vocab_eos(self.vocab)) if t is not None and t >= 0}
-        self.lock = threading.Lock()  # one llama_decode at a time
-        self.prefixes = Prefixes()  # handle: the sequence id holding the prefix
-        self._free = list(range(MAX_PREFIXES, MAX_PREFIXES + slots))
-        self._slots = threading.Condition()
+        self.lock = threading.Lock()  # one llama_decode at a time, in either context
+        self.prefixes = Prefixes()  # handle: the main context's sequence id holding the prefix
         self._jinja = None
         # each role's prefix KV saved beside the model: a restart loads it instead of evaluating
         # ~3,000 prefix tokens again (0.2 s against 20-90 s here); "" = <model folder>/kv-cache, None = off
         self.kv_dir = None if kv_dir is None else Path(kv_dir or self.path.parent / "kv-cache")
-
-    def __del__(self):
-        batch = getattr(self, "_batch", None)
-        if batch is not None:
-            self.ll.llama_batch_free(batch)
-            self._batch = None
 
     def info(self) -> EngineInfo:
         quant = FILE_TYPES.get(self.meta.get("general.file_type", ""), "gguf")
@@ -160,31 +182,31 @@ class LlamaCppEngine:
         return len(self.prompt_ids(messages, open_last)[0])
 
     # ---- the KV cache -------------------------------------------------------------
-    def _decode(self, seq: int, tokens: list[int], pos: int, want: list[int] | None = None) -> np.ndarray:
-        """Evaluate `tokens` at positions pos.. in sequence `seq`; the last position's logits.
+    def _decode(self, c: Context, seq: int, tokens: list[int], pos: int, want: list[int] | None = None) -> np.ndarray:
+        """Evaluate `tokens` at positions pos.. in sequence `seq` of context `c`; the last position's logits.
 
         Returns (len(want),) or (n_vocab,) float32, copied while the lock is held.
         """
-        if pos + len(tokens) > self.n_ctx:
+        if pos + len(tokens) > c.n_ctx:
             raise EngineUnavailable(f"the prompt needs {pos + len(tokens):,} tokens of context; "
-                                    f"[model] n_ctx is {self.n_ctx:,}")
-        b = self._batch.contents if hasattr(self._batch, "contents") else self._batch
+                                    f"[model] n_ctx is {c.n_ctx:,}")
+        b = c.batch.contents if hasattr(c.batch, "contents") else c.batch
         out = None
-        for i in range(0, len(tokens), self.n_batch):
-            chunk = tokens[i:i + self.n_batch]
+        for i in range(0, len(tokens), c.n_batch):
+            chunk = tokens[i:i + c.n_batch]
             with self.lock:
                 b.n_tokens = len(chunk)
                 for j, t in enumerate(chunk):
                     b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = t, pos + i + j, 1, 0
                     b.seq_id[j][0] = seq
                 b.logits[len(chunk) - 1] = 1
-                rc = self.ll.llama_decode(self.ctx, b)
+                rc = self.ll.llama_decode(c.ctx, b)
                 if rc != 0:
                     raise EngineUnavailable(
                         "llama.cpp has no room left in its KV cache (too many long requests at once); "
                         "retry, or raise [model] n_ctx" if rc == 1 else f"llama_decode failed with code {rc}")
-                if i + self.n_batch >= len(tokens):
-                    row = np.ctypeslib.as_array(self.ll.llama_get_logits_ith(self.ctx, len(chunk) - 1),
+                if i + c.n_batch >= len(tokens):
+                    row = np.ctypeslib.as_array(self.ll.llama_get_logits_ith(c.ctx, len(chunk) - 1),
                                                 shape=(self.n_vocab,))
                     out = row[want].copy() if want is not None else row.copy()
         return out
@@ -198,9 +220,12 @@ class LlamaCppEngine:
         seq = len(self.prefixes.items)
         ids = self.encode(text)
         if not self._load_prefix(seq, ids):
-            self._decode(seq, ids, 0)
+            self._decode(self.main, seq, ids, 0)
             self._save_prefix(seq, ids)
-        self.prefixes.add(Prefix(text, ids, seq))
+        prefix = Prefix(text, ids, seq)
+        self.prefixes.add(prefix)
+        if open_last:  # an open turn is what classify continues (the gate): copy it now, not on the first call
+            self._classify_context(prefix, len(ids) + 1)
         return len(ids)
 
     def _kv_file(self, ids: list[int]) -> Path | None:
@@ -218,11 +243,12 @@ class LlamaCppEngine:
             return False
         got = (self.ll.llama_token * len(ids))()
         n = ctypes.c_size_t(0)
+        ctx, mem = self.main.ctx, self.main.mem
         with self.lock:
-            read = self.ll.llama_state_seq_load_file(self.ctx, str(path).encode(), seq, got, len(ids), ctypes.byref(n))
+            read = self.ll.llama_state_seq_load_file(ctx, str(path).encode(), seq, got, len(ids), ctypes.byref(n))
             if read and n.value == len(ids) and list(got[:n.value]) == ids:
                 return True
-            self.ll.llama_memory_seq_rm(self.mem, seq, -1, -1)  # a stale or torn file: evaluate again
+            self.ll.llama_memory_seq_rm(mem, seq, -1, -1)  # a stale or torn file: evaluate again
         return False
 
     def _save_prefix(self, seq: int, ids: list[int]) -> None:
@@ -235,7 +261,7 @@ class LlamaCppEngine:
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             arr = (self.ll.llama_token * len(ids))(*ids)
             with self.lock:
-                ok = self.ll.llama_state_seq_save_file(self.ctx, str(tmp).encode(), seq, arr, len(ids))
+                ok = self.ll.llama_state_seq_save_file(self.main.ctx, str(tmp).encode(), seq, arr, len(ids))
             if ok:
                 os.replace(tmp, path)  # whole or not at all: a kill mid-write leaves no torn file behind
             else:
@@ -243,34 +269,69 @@ class LlamaCppEngine:
         except OSError:
             pass
 
+    def _classify_context(self, prefix: Prefix | None, n_ids: int) -> tuple[Context, int | None]:
+        """The context a classify call of `n_ids` tokens runs in, and the sequence holding `prefix` there.
+
+        The small context when the prefix is (or can be) copied there and the call's own
+        tokens fit beside the other classify calls; else the main context.
+        """
+        if prefix is None or not self.classify_room:
+            return self.main, prefix.handle if prefix else None
+        with self.lock:
+            if self.small is None:
+                n_ctx = -(-(len(prefix.ids) + self.classify_room) // 256) * 256  # llama.cpp pads to 256 cells
+                self.small = Context(self.ll, self._model, n_ctx=n_ctx, n_batch=min(self.n_batch, self.classify_room),
+                                     threads=self.threads, slots=CLASSIFY_SLOTS, flash_attn=self.flash_attn)
+            c = self.small
+            seq = c.held.get(prefix.text)
+            if seq is None and len(c.held) < MAX_PREFIXES and \
+                    c.held_cells + len(prefix.ids) + self.classify_room <= c.n_ctx:
+                seq = self._copy_prefix(prefix, c, len(c.held))
+        if seq is None or n_ids - len(prefix.ids) > (c.n_ctx - c.held_cells) // CLASSIFY_SLOTS:
+            return self.main, prefix.handle
+        return c, seq
+
+    def _copy_prefix(self, prefix: Prefix, c: Context, seq: int) -> int | None:
+        """Copy `prefix`'s cells from the main context into sequence `seq` of `c` (lock held); None if it failed."""
+        main = self.main
+        size = self.ll.llama_state_seq_get_size(main.ctx, prefix.handle)
+        buf = (ctypes.c_uint8 * size)()
+        got = self.ll.llama_state_seq_get_data(main.ctx, buf, size, prefix.handle)
+        if got and self.ll.llama_state_seq_set_data(c.ctx, buf, got, seq):
+            c.held[prefix.text], c.held_cells = seq, c.held_cells + len(prefix.ids)
+            return seq
+        self.ll.llama_memory_seq_rm(c.mem, seq, -1, -1)
+        return None
+
     @contextmanager
-    def _sequence(self, ids: list[int], prefix: Prefix | None):
-        """A working sequence holding `ids`' cached prefix; yields how many tokens it already holds."""
-        with self._slots:
-            while not self._free:
-                self._slots.wait()
-            seq = self._free.pop()
+    def _sequence(self, c: Context, ids: list[int], prefix: Prefix | None, held: int | None):
+        """A working sequence of `c` holding `ids`' cached prefix (in sequence `held`); yields it and its length."""
+        with c.slots:
+            while not c.free:
+                c.slots.wait()
+            seq = c.free.pop()
         start = min(len(prefix.ids), len(ids) - 1) if prefix else 0  # the last token must run: its logits
         try:
             with self.lock:
-                self.ll.llama_memory_seq_rm(self.mem, seq, -1, -1)
+                self.ll.llama_memory_seq_rm(c.mem, seq, -1, -1)
                 if start:
-                    self.ll.llama_memory_seq_cp(self.mem, prefix.handle, seq, 0, start)
+                    self.ll.llama_memory_seq_cp(c.mem, held, seq, 0, start)
             yield seq, start
         finally:
             with self.lock:
-                self.ll.llama_memory_seq_rm(self.mem, seq, -1, -1)
-            with self._slots:
-                self._free.append(seq)
-                self._slots.notify()
+                self.ll.llama_memory_seq_rm(c.mem, seq, -1, -1)
+            with c.slots:
+                c.free.append(seq)
+                c.slots.notify()
 
     # ---- roles ----------------------------------------------------------------------
     def classify(self, messages: Sequence[Message], choices: Sequence[str], *,
                  open_last: bool = True) -> dict[str, float]:
         ids, prefix = self.prompt_ids(messages, open_last)
         want = first_tokens(choices, self.encode)
-        with self._sequence(ids, prefix) as (seq, start):
-            logits = self._decode(seq, ids[start:], start, want)
+        c, held = self._classify_context(prefix, len(ids))
+        with self._sequence(c, ids, prefix, held) as (seq, start):
+            logits = self._decode(c, seq, ids[start:], start, want)
         return choice_probs(choices, logits.tolist())
 
     def stream(self, messages: Sequence[Message], *, max_tokens: int, stop: Sequence[str] | None = None,
@@ -285,10 +346,11 @@ class LlamaCppEngine:
         rng = np.random.default_rng(seed)
         text_out, utf8 = StopText(stop), codecs.getincrementaldecoder("utf-8")("replace")
         out, seen, text, reason = [], set(), "", "length"
-        with self._sequence(ids, prefix) as (seq, start):
+        c = self.main
+        with self._sequence(c, ids, prefix, prefix.handle if prefix else None) as (seq, start):
             step, pos = ids[start:], start
             for _ in range(min(max_tokens, self.n_ctx - len(ids))):
-                logits = self._decode(seq, step, pos)
+                logits = self._decode(c, seq, step, pos)
                 pos += len(step)
                 penalize(logits, seen, repetition_penalty)
                 nxt = sample(logits, temperature, top_p, rng)
