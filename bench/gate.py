@@ -1,28 +1,30 @@
-"""Benchmark the sentiment gate: latency per engine (over the cached prefix), throughput,
-accuracy and confusion matrix on tests/data/sentiment_eval.jsonl, and how the routing
-threshold trades negatives caught against plain questions misrouted.
+"""Benchmark the sentiment gate: latency per engine (over the cached prefix), throughput, the
+cues' added time, accuracy and routing with and without the lexical cues ([gate] cues,
+prompts/sentiment.cues.tsv), on the tune sets and the held-out sets apart.
 
-The accuracy is reported on two sets: the helpdesk set the prompt was tuned on, and a
-general set (reviews, social posts, news) written later as a check on generalisation.
-Both are reported with and without the logit offsets of prompts/sentiment.labels.tsv.
+Tune (the prompt and the cue weights were fitted on them): tests/data/sentiment_eval.jsonl and
+the tune halves of bench/data/answers.jsonl and offtopic.jsonl. Held out: tests/data/
+sentiment_general.jsonl, the held-out halves, tests/data/sentiment_injection.jsonl
+(bench/fit_gate_cues.py load_sets). One pass of the real gate per text with the cues on gives
+both columns: `Sentiment.model_probs` is exactly what the gate says with the cues off.
 
-Usage: python bench/gate.py [--rounds 20] [--engines llamacpp,transformers] [--no-write]
+Usage: python bench/gate.py [--rounds 20] [--engines llamacpp,transformers] [--threads N] [--offsets] [--no-write]
 """
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import time
 
-from common import ROOT, percentiles, table, update_file
+from common import percentiles, table, update_file
+from fit_gate_cues import COMPARE_HEADER, compare_rows, load_sets, scores
+from tqdm import tqdm
 
 from kbgate.config import load_config
 from kbgate.engines import load_engine
 from kbgate.gate import LABELS, SentimentGate
+from kbgate.injection import without_instructions
 from kbgate.prompts import Prompts, prompt_folder
-
-EVAL = ROOT / "tests" / "data" / "sentiment_eval.jsonl"  # helpdesk queries; the prompt was tuned on it
-GENERAL = ROOT / "tests" / "data" / "sentiment_general.jsonl"  # reviews, social posts, service messages, news
 
 
 def latency(gate: SentimentGate, texts: list[str]) -> tuple[float, float]:
@@ -34,38 +36,22 @@ def latency(gate: SentimentGate, texts: list[str]) -> tuple[float, float]:
     return percentiles(times)
 
 
-def accuracy(gate: SentimentGate, rows: list[dict]):
-    t0 = time.perf_counter()
-    res = gate.classify([r["text"] for r in rows])
-    secs = time.perf_counter() - t0
+def cue_cost(gate: SentimentGate, texts: list[str], probs: list[dict]) -> tuple[float, float]:
+    """p50/p95 in microseconds of what the cues add per text: the features and the combination."""
+    times = []
+    for t, p in zip(texts, probs):
+        t0 = time.perf_counter()
+        gate.cues.combine(without_instructions(t), p)
+        times.append(time.perf_counter() - t0)
+    p50, p95 = percentiles(times)
+    return p50 * 1000, p95 * 1000
+
+
+def confusion(rows, got) -> str:
     conf = {(a, b): 0 for a in LABELS for b in LABELS}
-    for r, s in zip(rows, res):
-        conf[(r["label"], s.label)] += 1
-    acc = sum(conf[(a, a)] for a in LABELS) / len(rows)
-    by_lang = {}
-    for lang in ("zh", "en"):
-        pairs = [(r, s) for r, s in zip(rows, res) if r["lang"] == lang]
-        by_lang[lang] = sum(r["label"] == s.label for r, s in pairs) / max(1, len(pairs))
-    return res, acc, conf, by_lang, secs
-
-
-def load(path) -> list[dict]:
-    return [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
-
-
-def by_kind(rows, res) -> str:
-    kinds = sorted({r["kind"] for r in rows})
-    return ", ".join(f"{k} {sum(r['label'] == s.label for r, s in zip(rows, res) if r['kind'] == k)}"
-                     f"/{sum(r['kind'] == k for r in rows)}" for k in kinds)
-
-
-def routing(rows, res, threshold: float) -> dict:
-    routed = [s.probs["negative"] >= threshold for s in res]
-    neg = [x for r, x in zip(rows, routed) if r["label"] == "negative"]
-    plain = [x for r, x in zip(rows, routed) if r["kind"] in ("howto", "lookup")]
-    other = [x for r, x in zip(rows, routed) if r["label"] != "negative"]
-    return {"neg_recall": sum(neg) / len(neg), "howto_routed": sum(plain), "howto_n": len(plain),
-            "non_negative_routed": sum(other), "non_negative_n": len(other)}
+    for r, p in zip(rows, got):
+        conf[(r["label"], max(p, key=p.get))] += 1
+    return table([(a, *(conf[(a, b)] for b in LABELS)) for a in LABELS], header=("true \\ predicted", *LABELS))
 
 
 def main() -> None:
@@ -73,51 +59,80 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20, help="30-character queries timed per setting")
     ap.add_argument("--engines", default="", help="comma-separated engines to time (default: [model] engine); "
                                                   "accuracy is measured on the first")
+    ap.add_argument("--threads", type=int, default=0, help="engine threads (0: [model] threads)")
+    ap.add_argument("--offsets", action="store_true", help="also the model alone without the label offsets "
+                                                            "(410 more passes)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     cfg = load_config()
+    cfg = cfg.replace(gate={"cues": True})  # the model-only column comes from model_probs
+    if args.threads:
+        cfg = cfg.replace(model={"threads": args.threads})
     prompts = Prompts(prompt_folder(cfg))
-    rows = load(EVAL)
-    thirty = [r["text"] for r in rows if 25 <= len(r["text"]) <= 35][: args.rounds]
+    sets = load_sets()
+    helpdesk = sets["helpdesk"][1]
+    thirty = [r["text"] for r in helpdesk if 25 <= len(r["text"]) <= 35][: args.rounds]
     md_rows, gates = [], []
+    load0 = os.getloadavg()
     for name in (args.engines or cfg.model.engine).split(","):
         engine = load_engine(cfg.replace(model={"engine": name}))
         info = engine.info()
         gate = SentimentGate(engine, prompts, cfg.gate)
         gate.classify(thirty[:2])  # warm-up
         p50, p95 = latency(gate, thirty)
-        md_rows.append((f"gate latency, {name} ({info.quantization}, {info.threads} threads)",
+        md_rows.append((f"gate latency with cues, {name} ({info.quantization}, {info.threads} threads)",
                         f"p50 {p50:.0f} ms, p95 {p95:.0f} ms",
                         f"{len(thirty)} queries of 25-35 chars; cached prefix {gate.prefix_tokens} tokens"))
         gates.append(gate)
     gate = gates[0]
-    res, acc, conf, by_lang, secs = accuracy(gate, rows)
-    md_rows.append((f"throughput ({gate.engine.info().engine})", f"{len(rows) / secs:.1f} texts/s",
-                    f"{len(rows)} texts in {secs:.1f} s"))
-    general = load(GENERAL)
-    g_res, g_acc, g_conf, g_lang, _ = accuracy(gate, general)
-    offsets, gate.offsets = gate.offsets, [0.0] * len(gate.offsets)  # the same prompt without the logit offsets
-    _, acc0, _, _, _ = accuracy(gate, rows)
-    _, g_acc0, _, _, _ = accuracy(gate, general)
-    gate.offsets = offsets
-    for name, data, a, lang, a0 in (("helpdesk set (tuned on)", rows, acc, by_lang, acc0),
-                                    ("general set (held out)", general, g_acc, g_lang, g_acc0)):
-        md_rows.append((f"accuracy, {name}", f"{a:.1%}",
-                        f"zh {lang['zh']:.1%}, en {lang['en']:.1%}; n={len(data)}; target 90%; "
-                        f"{a0:.1%} without the label offsets"))
-    md_rows.append(("per kind, helpdesk set", "", by_kind(rows, res)))
-    md_rows.append(("per kind, general set", "", by_kind(general, g_res)))
-    for t in (0.4, cfg.gate.negative_threshold, 0.6):
-        r = routing(rows, res, t)
-        md_rows.append((f"routing at P(negative) ≥ {t}",
-                        f"negatives caught {r['neg_recall']:.0%}",
-                        f"how-to/lookup misrouted {r['howto_routed']}/{r['howto_n']}, "
-                        f"all non-negative misrouted {r['non_negative_routed']}/{r['non_negative_n']}"))
+    engine_name = gate.engine.info().engine
+    t0 = time.perf_counter()
+    got = {}
+    for set_name, (_, rows) in sets.items():
+        got[set_name] = [gate.classify([r["text"]])[0] for r in tqdm(rows, desc=set_name, unit="text")]
+    secs = time.perf_counter() - t0
+    n_texts = sum(len(v) for v in got.values())
+    md_rows.append((f"throughput ({engine_name})", f"{n_texts / secs:.1f} texts/s", f"{n_texts} texts in {secs:.1f} s"))
+    every = [(r["text"], s.model_probs) for k, (_, rows) in sets.items() for r, s in zip(rows, got[k])]
+    c50, c95 = cue_cost(gate, [t for t, _ in every], [p for _, p in every])
+    md_rows.append(("cues' added time", f"p50 {c50:.0f} µs, p95 {c95:.0f} µs",
+                    f"features + combination per text, {len(every)} texts (jieba already loaded)"))
+    if args.offsets:
+        offsets, gate.offsets = gate.offsets, [0.0] * len(gate.offsets)  # the same prompt without the logit offsets
+        for k in ("helpdesk", "general"):
+            rows = sets[k][1]
+            acc0 = scores(rows, [s.model_probs for s in gate.classify([r["text"] for r in rows])], 2.0)["acc"]
+            md_rows.append((f"model alone without the label offsets, {k}", f"{acc0:.1%}", f"n={len(rows)}"))
+        gate.offsets = offsets
+    load1 = os.getloadavg()
+    threshold = cfg.gate.negative_threshold
+    cmp_rows = []
+    for k, (split, rows) in sets.items():
+        before = scores(rows, [s.model_probs for s in got[k]], threshold)
+        after = scores(rows, [s.probs for s in got[k]], threshold)
+        cmp_rows.append(compare_rows(k, split, before, after))
+    thresholds = []
+    for split in ("tune", "heldout"):
+        rows = [r for k, (sp, rs) in sets.items() if sp == split for r in rs]
+        res = [s for k, (sp, _) in sets.items() if sp == split for s in got[k]]
+        for t in (0.4, threshold, 0.6):
+            b, a = (scores(rows, [getattr(s, f) for s in res], t) for f in ("model_probs", "probs"))
+            thresholds.append((split, t, f"{b['neg'][0]}/{b['neg'][1]} → {a['neg'][0]}/{a['neg'][1]}",
+                               f"{b['other'][0]}/{b['other'][1]} → {a['other'][0]}/{a['other'][1]}",
+                               f"{b['plain'][0]}/{b['plain'][1]} → {a['plain'][0]}/{a['plain'][1]}"))
     matrices = "".join(
-        f"\n\nConfusion matrix, {name} ({gate.engine.info().engine}):\n\n"
-        + table([(a, *(c[(a, b)] for b in LABELS)) for a in LABELS], header=("true \\ predicted", *LABELS))
-        for name, c in (("helpdesk set", conf), ("general set", g_conf)))
-    body = table(md_rows) + matrices
+        f"\n\nConfusion matrix, {k} set, model alone → with cues ({engine_name}):\n\n"
+        + confusion(sets[k][1], [s.model_probs for s in got[k]]) + "\n\n"
+        + confusion(sets[k][1], [s.probs for s in got[k]])
+        for k in ("helpdesk", "general"))
+    weights = ", ".join(f"{f} {w:+.2f}" for f, w in gate.cues.weights.items())
+    body = (f"Load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end (2 cores, shared). "
+            f"Route = P(negative) ≥ {threshold}. Cue weights (prompts/sentiment.cues.tsv, bench/fit_gate_cues.py, "
+            f"fitted on the tune rows only): bias {gate.cues.bias:+.2f}, {weights}.\n\n"
+            + table(md_rows) + "\n\nModel alone → with cues (`[gate] cues`), per set:\n\n"
+            + table(cmp_rows, header=COMPARE_HEADER) + "\n\nRouting by threshold, model alone → with cues:\n\n"
+            + table(thresholds, header=("split", "P(negative) ≥", "negatives routed", "non-negative routed",
+                                        "plain questions routed")) + matrices)
     print(body)
     if not args.no_write:
         update_file("gate", f"## Sentiment gate (`bench/gate.py`, {time.strftime('%Y-%m-%d')})\n\n{body}")

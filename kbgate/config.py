@@ -120,6 +120,8 @@ class GateConfig:
     batch_size: int = _f(16, "texts per forward pass in batch sentiment")
     prompt: str = _f("sentiment", "prompt name under prompts/ (sentiment.system.txt, .intro.txt, .item.txt, "
                                   ".labels.tsv, .examples.tsv)")
+    cues: bool = _f(True, "combine the model's label probabilities with lexical cues of frustration (venting "
+                          "words, repeats, !!, sarcasm markers) by the weights in prompts/<prompt>.cues.tsv")
 
 
 @dataclass(frozen=True)
