@@ -20,7 +20,7 @@ import logging
 import sqlite3
 import time
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterator
 
 from kbgate import metrics
@@ -41,6 +41,7 @@ from kbgate.translate import fuse_hits, other_language
 from kbgate.text import check_query, language
 
 log = logging.getLogger("kbgate.pipeline")
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
 
 
 @dataclass
@@ -134,7 +135,20 @@ class Pipeline:
         queries = [query] + ([also] if also else [])
         lists = self.retriever.search_many(queries, k=3 * k if also else k, prefer_troubleshooting=troubleshooting,
                                            tags=tags, caller=caller, **({"prior": prior} if prior is not None else {}))
-        hits = fuse_hits([lists[0][:k], other_language(self.retriever, lists[1], query)[:k]], k) if also else lists[0]
+        hits = lists[0]
+        if also:
+            own, crossed = lists[0][:k], other_language(self.retriever, lists[1], query)
+            if self.translator.target(query) == "zh":
+                # an English question: the `cross` list already brings Chinese pages into its own pass, and
+                # reinforcing them put them above the right English page (kbgate.translate.other_language);
+                # the Chinese pass only adds pages, two at most
+                hits = fuse_hits([own, other_language(self.retriever, lists[1], query, own=own)[:2]], k)
+            else:
+                hits = fuse_hits([own, crossed[:k]], k)
+            # a page in the other language is judged by the pass in its own language: the translated
+            # question's relevance, where that pass found the same section
+            lifted = {(h.page, h.heading): h.relevance for h in crossed}
+            hits = [replace(h, relevance=max(h.relevance, lifted.get((h.page, h.heading), 0.0))) for h in hits]
         return [self._source(i + 1, h, caller) for i, h in enumerate(hits)]
 
     def index_dir(self):
@@ -219,7 +233,7 @@ class Pipeline:
             also = self.translator.translate(query, cancelled)
             timings["translate"] = round((time.perf_counter() - t_t) * 1000, 1)
             if also:
-                reason += f"; also searched in English as “{also}”"
+                reason += f"; also searched in {LANGUAGE_NAMES[self.translator.target(query)]} as “{also}”"
         t_r = time.perf_counter()
         hits = self.search(query, max(k, self.cfg.answer.passages), troubleshooting=trouble, tags=tags,
                            caller=caller, also=also)

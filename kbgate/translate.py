@@ -132,5 +132,7 @@ def fuse_hits(lists: list[list], k: int, rrf_k: float = 10.0) -> list:
             score[key] = score.get(key, 0.0) + 1.0 / (rrf_k + rank)
             if key not in best or h.relevance > best[key].relevance:
                 best[key] = h
-    order = sorted(score, key=lambda key: -score[key])[:k]
+    # a tie (rank 1 in one list, rank 1 in the other) goes to the more relevant section: "账号锁住了要等多久"
+    # put BitLocker's Chinese summary (0.70) before the account-locked fix (0.91) by list order alone
+    order = sorted(score, key=lambda key: (-score[key], -best[key].relevance))[:k]
     return [replace(best[key], score=round(score[key], 6)) for key in order]

@@ -19,6 +19,8 @@ from kbgate.engine import EngineInfo, Finish
 
 TRANSLATE_SYSTEM = (Path(__file__).resolve().parent.parent / "prompts" / "translate.system.txt").read_text(
     encoding="utf-8").rstrip()
+TRANSLATE_SYSTEMS = {TRANSLATE_SYSTEM, (Path(__file__).resolve().parent.parent / "prompts" /
+                                        "translate.en-zh.system.txt").read_text(encoding="utf-8").rstrip()}
 NEGATIVE_WORDS = ("烦", "又", "崩", "垃圾", "broken", "again", "useless", "hate", "!!")
 POSITIVE_WORDS = ("谢谢", "感谢", "太好", "thanks", "great", "love")
 
@@ -102,7 +104,7 @@ class FakeEngine:
                                       "repetition_penalty": repetition_penalty}))
         prompt = self.prompt_tokens(messages)
         reply = self.reply
-        if messages and messages[0]["content"] == TRANSLATE_SYSTEM:  # kbgate.translate asks, not an answer role
+        if messages and messages[0]["content"] in TRANSLATE_SYSTEMS:  # kbgate.translate asks, not an answer role
             reply = self.translations.get(messages[-1]["content"], "")
         pieces = [reply[i:i + 3] for i in range(0, len(reply), 3)][:max_tokens]
         text, n = "", 0

