@@ -34,6 +34,8 @@ leaves relevance alone; `Hit.score` is then the reweighted score.
 from __future__ import annotations
 
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -212,11 +214,14 @@ class Retriever:
         need = [self.weights(q, t)[0] for q, t in zip(queries, tokens)]
         langs = [detect_lang(q) for q in queries]
         out: list[dict] = [{} for _ in queries]
-        for e in self.embedders:
-            rows = [i for i, w in enumerate(need) if w.get(e.name, 0) > 0 or langs[i] in e.languages]
-            if rows:
-                for i, v in zip(rows, embed_queries(e, [queries[i] for i in rows])):
-                    out[i][e.name] = v
+        jobs = [(e, rows) for e in self.embedders
+                if (rows := [i for i, w in enumerate(need) if w.get(e.name, 0) > 0 or langs[i] in e.languages])]
+        # each embedder embeds a query on one thread (latency-bound, indexer.threads), and both C engines
+        # release the GIL: side by side, two embedders cost about the slower one, not the sum
+        run = _pool(len(jobs)).map if len(jobs) > 1 else map
+        for (e, rows), vecs in zip(jobs, run(lambda job: embed_queries(job[0], [queries[i] for i in job[1]]), jobs)):
+            for i, v in zip(rows, vecs):
+                out[i][e.name] = v
         return out
 
     def candidates(self, query: str, qvecs: dict, tags=None, caller=None) -> dict:
@@ -361,6 +366,18 @@ class Retriever:
                 z, e = r.get("zh-en", z), r.get("en-zh", e)
             return zh * z[0] + (1 - zh) * e[0], zh * z[1] + (1 - zh) * e[1]
         return float(r[0]), float(r[1])
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """A shared pool of n threads for embedding one query with several embedders at once."""
+    with _POOLS_LOCK:
+        if n not in _POOLS:
+            _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="kbgate-embed")
+        return _POOLS[n]
 
 
 CROSS = "cross"  # weights table key: each bilingual embedder's list over the other language's pages

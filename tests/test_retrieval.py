@@ -356,3 +356,35 @@ def test_indexer_never_imports_kbgate():
     offenders = [f"{p.name}:{i}" for p in root.glob("*.py")
                  for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if "kbgate" in line]
     assert offenders == []
+
+
+def test_two_embedders_embed_a_query_side_by_side_with_the_same_results(index_cfg, small_kb, tmp_path, hash_embedder):
+    import threading
+
+    import kbgate.retrieval as retrieval
+    from indexer.embedders import EmbedderSet, HashEmbedder
+    from indexer.index import load_index
+    from indexer.store import build_index
+
+    class Where(HashEmbedder):  # records the thread each query is embedded on
+        threads: set = set()
+
+        def embed(self, texts):
+            self.threads.add(threading.current_thread().name)
+            return super().embed(texts)
+    first, second = Where(dim=64), Where(dim=32, name="hash-32")
+    first.threads, second.threads = set(), set()
+    both = EmbedderSet([first, second])
+    build_index(index_cfg, small_kb, tmp_path / "ix", both, progress=False)
+    r = retrieval.Retriever(load_index(tmp_path / "ix", both), both, index_cfg.retrieval)
+    first.threads, second.threads = set(), set()
+    side = r.search_many(["VPN 连不上", "how do I connect to the VPN"], k=3)
+    assert first.threads and second.threads and all(t.startswith("kbgate-embed") for t in first.threads | second.threads)
+    one = retrieval._pool
+    try:
+        retrieval._pool = lambda n: type("Serial", (), {"map": staticmethod(map)})
+        serial = r.search_many(["VPN 连不上", "how do I connect to the VPN"], k=3)
+    finally:
+        retrieval._pool = one
+    assert [[(h.page, h.heading, round(h.score, 6), h.relevance) for h in hits] for hits in side] == \
+        [[(h.page, h.heading, round(h.score, 6), h.relevance) for h in hits] for hits in serial] and side[0]
