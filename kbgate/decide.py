@@ -98,14 +98,16 @@ def value_line(query: str, passages: list, similar: Similar | None = None) -> tu
         cands = [c for c in cands if c.fits]
     if not cands or (similar is None and not any(c.named or c.shared for c in cands)):
         return None  # no line, or nothing ties one to the question (another language, no embedder)
-    cos = list(similar(query, [c.text for c in cands])) if similar is not None else [0.0] * len(cands)
 
-    def rank(i: int):
-        c = cands[i]
+    def lead(c: Line):
         # one shared word ("days") ties an English line of a wrong page as well as the right Chinese row:
         # words lead from two up; below that the cosine decides
-        return c.named, c.shared if c.shared >= 2 else 0, cos[i], c.shared, -c.order
-    best = cands[max(range(len(cands)), key=rank)]
+        return c.named, c.shared if c.shared >= 2 else 0
+    top = max(map(lead, cands))
+    cands = [c for c in cands if lead(c) == top]  # only these can win: the embedder compares just them
+    cos = list(similar(query, [c.text for c in cands])) if similar is not None and len(cands) > 1 else \
+        [0.0] * len(cands)
+    best = cands[max(range(len(cands)), key=lambda i: (cos[i], cands[i].shared, -cands[i].order))]
     return best.text, best.n
 
 

@@ -100,3 +100,17 @@ def test_the_longer_name_wins_when_one_key_hides_in_another():
 def test_the_kind_of_value_a_question_asks_for(query, kinds):
     from kbgate.decide import DURATION, asked_kinds
     assert asked_kinds(query) == (DURATION if kinds is None else kinds)
+
+
+def test_the_embedder_compares_only_the_lines_still_in_the_running():
+    asked = []
+
+    def similar(query, lines):
+        asked.append(list(lines))
+        return [0.5] * len(lines)
+    # the 周末 row is named: the other rows and the remote-work line never reach the embedder
+    assert value_line("周末值班一天给多少补贴？", [REMOTE, ONCALL], similar) == ("日期类型: 周末; 补贴（每人每天）: 400 元", 2)
+    assert asked == []
+    # across languages every line with the asked-for kind is compared, in one call
+    value_line("How many days off do I get when I get married?", [LEAVE], similar)
+    assert len(asked) == 1 and len(asked[0]) == 4
