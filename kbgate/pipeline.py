@@ -29,7 +29,7 @@ from kbgate.answer import Assistant
 from kbgate.grounding import (Passage, attribute, citations, copies_example, count_steps, drop_copied, drop_echo,
                               drop_passage_headers, fix_steps, is_fix, message, quoted_steps_reply, with_ack,
                               without_contact)
-from kbgate.decide import extract, quote_value
+from kbgate.decide import asks_value, extract, quote_value
 from kbgate.quotes import check_values, is_yes_no, quote_verdict
 from kbgate.retrieval import bilingual, is_steps_section
 from kbgate.config import Config
@@ -324,9 +324,11 @@ class Pipeline:
         them's page (the value may sit in another section: the leave table beside 生育津贴); a section
         quoted from there joins the sources.
         """
+        if not given or not (asks_value(query) or is_yes_no(query)):
+            return text, cited, ""  # neither kind of question: nothing to look up
         first = [p for p in given if p.n in cited]
         pool = first + [p for p in given if p not in first]
-        extra = self._page_rest((first or given)[0].page, passages, caller) if given else []
+        extra = self._page_rest((first or given)[0].page, passages, caller)
         pool += [Passage(x.n, x.title, x.heading, x.text, x.page) for x in extra]
         if cited:
             if is_yes_no(query):
