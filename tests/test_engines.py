@@ -44,8 +44,11 @@ def test_a_cached_prefix_gives_the_same_probabilities(engine):
     assert n > 0 and engine.register_prefix(system) == n  # registering again is a no-op
     after = engine.classify(messages, choices)
     assert abs(sum(after.values()) - 1) < 1e-6 and set(after) == set(choices)
+    # float noise of the KV cells' layout: 3.8e-3 on this near-tie prompt (yes 0.54 / no 0.44) when another
+    # prefix (the gate's) already shares the cache, with the engine before and after the gate got its own
+    # context; a wrong cache reuse (positions, cells) moves these by far more
     for c in choices:
-        assert abs(after[c] - before[c]) < 2e-3, (before, after)
+        assert abs(after[c] - before[c]) < 1e-2, (before, after)
 
 
 def test_choices_sharing_a_first_token_are_refused(engine):

@@ -124,6 +124,7 @@ class LlamaCppEngine:
                                     ll.llama_vocab_eos(self.vocab)) if t is not None and t >= 0}
         self.lock = threading.Lock()  # one llama_decode at a time, in either context
         self.prefixes = Prefixes()  # handle: the main context's sequence id holding the prefix
+        self._open_turns: set[str] = set()  # rendered texts of prefixes registered with open_last (classify's)
         self._jinja = None
         # each role's prefix KV saved beside the model: a restart loads it instead of evaluating
         # ~3,000 prefix tokens again (0.2 s against 20-90 s here); "" = <model folder>/kv-cache, None = off
@@ -225,6 +226,7 @@ class LlamaCppEngine:
         prefix = Prefix(text, ids, seq)
         self.prefixes.add(prefix)
         if open_last:  # an open turn is what classify continues (the gate): copy it now, not on the first call
+            self._open_turns.add(text)
             self._classify_context(prefix, len(ids) + 1)
         return len(ids)
 
@@ -275,7 +277,9 @@ class LlamaCppEngine:
         The small context when the prefix is (or can be) copied there and the call's own
         tokens fit beside the other classify calls; else the main context.
         """
-        if prefix is None or not self.classify_room:
+        # only a prefix registered as an open turn (the gate's) moves: another classify prompt keeps the main
+        # context, where its cached and whole-prompt probabilities agree to float noise of one layout
+        if prefix is None or not self.classify_room or prefix.text not in self._open_turns:
             return self.main, prefix.handle if prefix else None
         with self.lock:
             if self.small is None:
