@@ -38,7 +38,7 @@ from kbgate.errors import EngineUnavailable, ModelError
 # general.file_type of a GGUF (llama.cpp's llama_ftype) for the ones we meet
 FILE_TYPES = {"0": "F32", "1": "F16", "2": "Q4_0", "7": "Q8_0", "12": "Q3_K_M", "14": "Q4_K_S",
               "15": "Q4_K_M", "16": "Q5_K_S", "17": "Q5_K_M", "18": "Q6_K", "32": "BF16"}
-MAX_PREFIXES = 6
+MAX_PREFIXES = 10  # the service registers 5-6 (gate, answer, troubleshoot, chat, one per translation direction)
 CLASSIFY_SLOTS = 2  # classify calls at once in the small context (more wait; they are one pass each)
 
 
