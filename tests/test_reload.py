@@ -181,6 +181,10 @@ def test_watch_rebuilds_once_per_burst_of_edits(tmp_path):
 
     config = make_wiki(tmp_path)
     cfg, kb, index_dir = load_config(config), tmp_path / "kb", tmp_path / ".index"
+    # the folder exists before the watch starts: a file created in a folder made a moment earlier can beat
+    # inotify's watch on that folder, and is then indexed (the build scans the wiki) but missing from the
+    # change line (seen here 3 times in 5 full runs)
+    (kb / "ops").mkdir()
     lines, stop, box = [], threading.Event(), {}
     t = threading.Thread(target=lambda: box.update(builds=watch_wiki(
         cfg, kb, index_dir, HashEmbedder(64), progress=False, echo=lambda m, err=False: lines.append(m), stop=stop,
