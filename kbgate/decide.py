@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Callable, NamedTuple, Sequence
 
+from indexer.tokenize import is_cjk
 from kbgate.quotes import _quantities, _quote, _terms, _topic, deciding_line, in_range, is_yes_no, passage_lines
 from kbgate.values import normalise, stated, values
 
@@ -121,13 +122,10 @@ def names(key: str, query: str) -> int:
     best = 0
     for i in range(len(key) - 1):
         j = i + 2
-        while j <= len(key) and all(_cjk(c) for c in key[i:j]) and key[i:j] in query:
+        while j <= len(key) and all(is_cjk(c) for c in key[i:j]) and key[i:j] in query:
             best, j = max(best, j - i), j + 1
     return best
 
-
-def _cjk(ch: str) -> bool:
-    return "\u4e00" <= ch <= "\u9fff"
 
 
 def quoted_line(found: tuple[str, int], lang: str) -> str:

@@ -142,7 +142,7 @@ class Pipeline:
                 # an English question: the `cross` list already brings Chinese pages into its own pass, and
                 # reinforcing them put them above the right English page (kbgate.translate.other_language);
                 # the Chinese pass only adds pages, two at most
-                hits = fuse_hits([own, other_language(self.retriever, lists[1], query, own=own)[:2]], k)
+                hits = fuse_hits([own, other_language(self.retriever, crossed, query, own=own)[:2]], k)
             else:
                 hits = fuse_hits([own, crossed[:k]], k)
             # a page in the other language is judged by the pass in its own language: the translated
@@ -324,15 +324,13 @@ class Pipeline:
         them's page (the value may sit in another section: the leave table beside 生育津贴); a section
         quoted from there joins the sources.
         """
-        if not given or not (asks_value(query) or is_yes_no(query)):
-            return text, cited, ""  # neither kind of question: nothing to look up
+        if not given or not (asks_value(query) or is_yes_no(query)) or (cited and is_yes_no(query)):
+            return text, cited, ""  # nothing to look up, or a yes/no reply whose deciding line _check quoted
         first = [p for p in given if p.n in cited]
         pool = first + [p for p in given if p not in first]
         extra = self._page_rest((first or given)[0].page, passages, caller)
         pool += [Passage(x.n, x.title, x.heading, x.text, x.page) for x in extra]
         if cited:
-            if is_yes_no(query):
-                return text, cited, ""  # _check quoted its deciding line
             out, quoted = quote_value(text, pool, query, lang, self.similar())
             note = "; a value question the reply left unanswered: the wiki's line is quoted"
         else:

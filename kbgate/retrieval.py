@@ -127,10 +127,7 @@ class Retriever:
     def steps_section(self, page: str, caller=None) -> Hit | None:
         """The first section of a page headed like a fix (解决步骤, Fix), as a hit with no scores (None: none,
         or the caller may not read the page)."""
-        if caller is not None and not self.index.may_read(page, caller):
-            return None
-        return next((self._hit(rows[0]) for (pg, heading), rows in self._sections().items()
-                     if pg == page and is_steps_section(heading)), None)
+        return next((h for h in self.page_sections(page, caller) if is_steps_section(h.heading)), None)
 
     def page_sections(self, page: str, caller=None) -> list[Hit]:
         """Every section of a page in order, as hits with no scores ([] when the caller may not read it)."""

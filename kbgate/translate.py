@@ -77,7 +77,7 @@ class QueryTranslator:
 
     def wanted(self, query: str) -> bool:
         """Whether `query` is in a language this translator turns into the other one."""
-        return detect_lang(query) in self.languages
+        return self.target(query) is not None
 
     def target(self, query: str) -> str | None:
         """The language `query` would be translated into ("en" or "zh"), or None (not wanted)."""

@@ -9,8 +9,8 @@ restore), then evaluates its own tokens. Streams and gate calls therefore never
 disturb each other's cache. One lock serializes `llama_decode`, one batch or one
 decode step at a time, so a gate call slips in between the steps of an answer.
 
-`classify` runs in a small second context that holds only the prefixes classify
-calls use (copied once from the main context): llama.cpp attends over every used
+`classify` on an open-turn prefix (the gate's) runs in a small second context that holds
+only such prefixes (copied once from the main context): llama.cpp attends over every used
 cell of a unified cache, so in the main one a 20-token gate tail would attend over
 all roles' prefixes and the answers in flight instead of its own ~1,100 cells.
 
