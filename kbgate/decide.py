@@ -134,9 +134,9 @@ def quoted_line(found: tuple[str, int], lang: str) -> str:
 
 
 def quote_value(text: str, passages: list, query: str, lang: str,
-                similar: Similar | None = None) -> tuple[str, bool]:
-    """For a value question: the answering line quoted before the reply, unless the reply states
-    one of its values. Returns (text, changed). Passages: the cited ones, best first."""
+                similar: Similar | None = None, at: int = 0) -> tuple[str, bool]:
+    """For a value question: the answering line quoted before the reply's line `at` (0: first), unless the
+    reply states one of its values. Returns (text, changed). Passages: the cited ones, best first."""
     if not passages or not asks_value(query):
         return text, False
     found = value_line(query, passages, similar)
@@ -145,7 +145,8 @@ def quote_value(text: str, passages: list, query: str, lang: str,
     own = values(found[0]) - values(query)
     if any(stated(v, own) for v in values(text)):
         return text, False
-    return (quoted_line(found, lang) + "\n" + text.strip()).strip(), True
+    lines = text.strip().split("\n")
+    return "\n".join(lines[:at] + [quoted_line(found, lang)] + lines[at:]).strip(), True
 
 
 def extract(query: str, passages: list, lang: str, similar: Similar | None = None) -> str | None:

@@ -29,7 +29,7 @@ from kbgate.answer import Assistant
 from kbgate.grounding import (Passage, attribute, citations, copies_example, count_steps, drop_copied, drop_echo,
                               drop_passage_headers, fix_steps, is_fix, message, quoted_steps_reply, with_ack,
                               without_contact)
-from kbgate.decide import asks_value, extract, quote_value
+from kbgate.decide import asked_kinds, asks_value, extract, quote_value
 from kbgate.quotes import check_values, is_yes_no, quote_verdict
 from kbgate.retrieval import bilingual, is_steps_section
 from kbgate.config import Config
@@ -106,6 +106,26 @@ class Events:
 def _snippet(text: str, n: int = 240) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= n else flat[:n].rstrip() + "…"
+
+
+def with_other_language(retriever, relevant: list, query: str, n: int, deeper: list = ()) -> list:
+    """The first `n` relevant sources, the last of them given to the best one in the wiki's other language when
+    all `n` are in the query's own language (and one passed the relevance bar).
+
+    Why: BM25 and MiniLM read only the query's language, so for an English question every English page that
+    shares a word ("days", "request") outranks the Chinese page that answers it ("married" -> the 婚假 row);
+    the cross-language list brings that page to rank 4-10, short of the passages. A slot for it lets the
+    model see the answer (kb/ answers set, tune half, 10 hits deep: the right page among English questions'
+    passages 15/24 -> 18/24, none lost, no off-topic question gained a passage). It needs no translation
+    decode. `deeper`: relevant hits ranked after `relevant`, looked at only for that slot.
+    """
+    top = relevant[:n]
+    if n < 2 or len(top) < n:
+        return top  # every relevant source is already among the passages
+    other = other_language(retriever, list(relevant[n:]) + list(deeper), query)
+    if not other or other_language(retriever, top, query):
+        return top
+    return top[: n - 1] + [other[0]]
 
 
 class Pipeline:
@@ -235,11 +255,13 @@ class Pipeline:
             if also:
                 reason += f"; also searched in {LANGUAGE_NAMES[self.translator.target(query)]} as “{also}”"
         t_r = time.perf_counter()
-        hits = self.search(query, max(k, self.cfg.answer.passages), troubleshooting=trouble, tags=tags,
-                           caller=caller, also=also)
+        n = max(k, self.cfg.answer.passages)
+        deep = self.search(query, 2 * n, troubleshooting=trouble, tags=tags, caller=caller, also=also)
+        hits = deep[:n]  # the deeper hits only offer a page in the other language (with_other_language)
         timings["retrieval"] = round((time.perf_counter() - t_r) * 1000, 1)
         relevant = [h for h in hits if h.relevance >= self.cfg.answer.min_score]
-        passages = relevant[: self.cfg.answer.passages]
+        passages = with_other_language(self.retriever, relevant, query, self.cfg.answer.passages,
+                                       [h for h in deep[n:] if h.relevance >= self.cfg.answer.min_score])
         for i, p in enumerate(passages, 1):
             p.n = i  # numbered as the model sees them and cites them
         if not passages:
@@ -281,6 +303,11 @@ class Pipeline:
         if trouble:
             text, cited, note = self._troubleshoot(text, cited, given, passages, lang, example, caller)
             reason += note
+            if cited and self.cfg.answer.verify_citations and self.cfg.answer.check_values and asked_kinds(query):
+                # "保安电话到底是多少": a complaint that asks for a kind of value gets the wiki's line with it
+                # after the acknowledgement, above the steps
+                text, cited, note = self._decide(text, cited, given, passages, query, lang, caller, at=1)
+                reason += note
         if not cited:
             yield from self._no_answer(query, sentiment, hits, lang, trouble, timings, ms,
                                        "the reply is not grounded in any passage" if text.strip()
@@ -315,14 +342,15 @@ class Pipeline:
         return text, citations(text, len(given)), notes
 
     def _decide(self, text: str, cited: list[int], given: list[Passage], passages: list[Source], query: str,
-                lang: str, caller=None) -> tuple[str, list[int], str]:
+                lang: str, caller=None, at: int = 0) -> tuple[str, list[int], str]:
         """A value question whose reply leaves the value out gets the wiki's line holding it quoted first; one
         whose reply is not grounded (though the passages passed the relevance bar) gets that line, or for a
         yes/no question the deciding line, as its answer instead of "no answer" (kbgate.decide).
 
         The line is looked for in the cited passages, then the others, then the rest of the best of
         them's page (the value may sit in another section: the leave table beside 生育津贴); a section
-        quoted from there joins the sources.
+        quoted from there joins the sources. `at`: the reply's line the quote goes before (1: after a
+        troubleshooting reply's acknowledgement).
         """
         if not given or not (asks_value(query) or is_yes_no(query)) or (cited and is_yes_no(query)):
             return text, cited, ""  # nothing to look up, or a yes/no reply whose deciding line _check quoted
@@ -331,7 +359,7 @@ class Pipeline:
         extra = self._page_rest((first or given)[0].page, passages, caller)
         pool += [Passage(x.n, x.title, x.heading, x.text, x.page) for x in extra]
         if cited:
-            out, quoted = quote_value(text, pool, query, lang, self.similar())
+            out, quoted = quote_value(text, pool, query, lang, self.similar(), at)
             note = "; a value question the reply left unanswered: the wiki's line is quoted"
         else:
             out = extract(query, pool, lang, self.similar()) or ""

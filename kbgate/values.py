@@ -31,7 +31,7 @@ UNITS = [
     ("usd", r"美元|美金|usd|us dollars?|dollars?"),  # before money: 60 美元 is not 60 元
     ("money", r"元|块|rmb|cny|yuan"),
     ("times", r"次|times"),
-    ("people", r"人|名|位|people|persons?"),
+    ("people", r"人|名|位|员工|people|persons?|employees?|staff|members?|colleagues?"),
 ]
 _UNIT = re.compile("|".join(f"(?P<{c}>{p})" for c, p in UNITS), re.I)
 _UNIT_AFTER = "|".join(p for _, p in UNITS)

@@ -190,3 +190,34 @@ def test_the_value_may_come_from_another_section_of_the_cited_page(make_services
     assert "陪产假" in r.answer.split("\n", 1)[0] and "10 个工作日" in r.answer
     table = [x for x in r.sources if x.heading.endswith("假期一览")]
     assert len(table) == 1 and table[0].cited and table[0].n == 3 and f"[{table[0].n}]" in r.answer
+
+
+def test_a_complaint_that_asks_for_a_phone_number_gets_the_wikis_line_after_the_acknowledgement(make_services):
+    steps = "真不好意思。\n1. 把工卡从卡套中取出再刷一次 [1]。\n2. 换一个读卡器试试 [1]。"
+    s = make_services(steps, gate={"negative_threshold": 0.0},
+                      answer={"min_score": 0.0, "verify_citations": True, "passages": 5})
+    r = s.pipeline.ask("工卡刷不开，人被锁在楼里了！！保安电话到底是多少")
+    assert r.route == "troubleshooting", r.reason
+    lines = r.answer.split("\n")
+    assert lines[1].startswith("Wiki 原文：") and "021-6088-8110" in lines[1], r.answer
+    assert sum(x.strip()[:2] in ("1.", "2.", "3.", "4.", "5.", "6.") for x in lines) >= 2  # the steps stay
+    # a complaint that asks for no kind of value keeps its reply as it was
+    r = s.pipeline.ask("工卡刷不开，人被锁在楼里了，气死了")
+    assert "Wiki 原文" not in r.answer.split("\n")[1]
+
+
+def test_a_page_in_the_other_language_gets_the_last_passage_when_all_are_in_the_query_language(hash_retriever):
+    from kbgate.pipeline import with_other_language
+    from kbgate.translate import other_language
+
+    query = "how many days off do I get when I get married?"
+    hits = hash_retriever.search(query, 10)
+    english = [h for h in hits if h not in other_language(hash_retriever, hits, query)]
+    chinese = other_language(hash_retriever, hash_retriever.search("婚假有几天", 10), query)
+    assert len(english) >= 3 and chinese
+    got = with_other_language(hash_retriever, english[:3], query, 3, chinese[:2])
+    assert got == english[:2] + chinese[:1]  # the best Chinese section takes the last of the three
+    mixed = [english[0], chinese[0], english[1]]
+    assert with_other_language(hash_retriever, mixed, query, 3, chinese[1:]) == mixed  # one is there already
+    assert with_other_language(hash_retriever, english[:2], query, 3, chinese) == english[:2]  # room left: as is
+    assert with_other_language(hash_retriever, english[:3], query, 3, []) == english[:3]  # none relevant: as is
