@@ -117,7 +117,10 @@ def with_other_language(retriever, relevant: list, query: str, n: int, deeper: l
     the cross-language list brings that page to rank 4-10, short of the passages. A slot for it lets the
     model see the answer (kb/ answers set, tune half, 10 hits deep: the right page among English questions'
     passages 15/24 -> 18/24, none lost, no off-topic question gained a passage). It needs no translation
-    decode. `deeper`: relevant hits ranked after `relevant`, looked at only for that slot.
+    decode. `deeper`: relevant hits ranked after `relevant`, looked at only for that slot. Not used when a
+    translated pass ran (kbgate.translate): there the other language had its own search, and a slot taken
+    from it cost Chinese questions their third passage (tune half: 2 right pages lost, none gained). Nor on the
+    troubleshooting route, where the third passage is often the page's own fix section.
     """
     top = relevant[:n]
     if n < 2 or len(top) < n:
@@ -260,8 +263,9 @@ class Pipeline:
         hits = deep[:n]  # the deeper hits only offer a page in the other language (with_other_language)
         timings["retrieval"] = round((time.perf_counter() - t_r) * 1000, 1)
         relevant = [h for h in hits if h.relevance >= self.cfg.answer.min_score]
-        passages = with_other_language(self.retriever, relevant, query, self.cfg.answer.passages,
-                                       [h for h in deep[n:] if h.relevance >= self.cfg.answer.min_score])
+        passages = relevant[: self.cfg.answer.passages] if also or trouble else \
+            with_other_language(self.retriever, relevant, query, self.cfg.answer.passages,
+                                [h for h in deep[n:] if h.relevance >= self.cfg.answer.min_score])
         for i, p in enumerate(passages, 1):
             p.n = i  # numbered as the model sees them and cites them
         if not passages:

@@ -240,6 +240,8 @@ def check_values(text: str, passages: list, query: str, lang: str, topic: bool =
             # plain answers: a passage whose table row the question names goes first
             order = (sorted(passages, key=lambda p: not named_rows(query, p.text)) if topic else pool)
             found = next(((line, p.n) for p in order if (line := own_line(s, p, query, topic=topic))), None)
+            if found and topic and not answers_kind(found[0], query):
+                found = None  # "4 employees" is not answered by the line with "4 hours": the sentence goes
             shown = ", ".join(map(str, gone))
             if found and found[0] not in used:
                 used.add(found[0])
@@ -254,6 +256,14 @@ def check_values(text: str, passages: list, query: str, lang: str, topic: bool =
             lines.append("".join(kept).rstrip())  # a blank line stays; a line emptied by drops goes
     out = "\n".join(lines)
     return re.sub(r"\n{3,}", "\n\n", out).strip(), notes
+
+
+def answers_kind(line: str, query: str) -> bool:
+    """Whether a line holds a value of the kind the question asks for (any line, when it asks for no kind)."""
+    from kbgate.decide import asked_kinds, kind_fits  # decide builds on this module
+
+    kinds = asked_kinds(query)
+    return not kinds or kind_fits(values(line) - values(query), line, kinds)
 
 
 def deciding_line(query: str, passages: list) -> tuple[str, int] | None:

@@ -209,6 +209,17 @@ def test_a_plain_answers_value_must_sit_beside_a_word_of_the_question():
     assert check_values(off, [faq, table], "陪产假可以休几天？", "zh")[1] == []  # steps: no topic rule
 
 
+def test_a_wrong_count_is_dropped_when_no_line_holds_the_kind_of_value_asked_for():
+    parking = Passage(1, "停车管理", "停车管理", "*English summary: employee parking is in basement B2, ¥600/month "
+                      "after company subsidy. 8 EV chargers on B2, max 4 hours per session.*", "office/parking")
+    q = "How many employees does the company have in total?"
+    text, notes = check_values("The company has 4 employees [1].", [parking], q, "en", topic=True)
+    assert text == "" and "dropped" in notes[0]  # no line counts people: the 4 hours line answers nothing
+    text, _ = check_values("You can charge for 6 hours [1].", [parking], "How long can I charge my EV?", "en",
+                           topic=True)
+    assert "max 4 hours per session" in text and "[1]" in text  # a duration asked: the duration line is quoted
+
+
 def test_copied_passage_headers_go_even_when_cut_off():
     copied = "Book it [1].\n\n[2] (Meeting rooms › Booking)\nBig rooms [2]."
     assert drop_passage_headers(copied) == "Book it [1].\n\nBig rooms [2]."
