@@ -108,7 +108,7 @@ def _snippet(text: str, n: int = 240) -> str:
     return flat if len(flat) <= n else flat[:n].rstrip() + "…"
 
 
-def with_other_language(retriever, relevant: list, query: str, n: int, deeper: list = ()) -> list:
+def with_other_language(retriever, relevant: list, query: str, n: int, deeper=lambda: []) -> list:
     """The first `n` relevant sources, the last of them given to the best one in the wiki's other language when
     all `n` are in the query's own language (and one passed the relevance bar).
 
@@ -117,7 +117,7 @@ def with_other_language(retriever, relevant: list, query: str, n: int, deeper: l
     the cross-language list brings that page to rank 4-10, short of the passages. A slot for it lets the
     model see the answer (kb/ answers set, tune half, 10 hits deep: the right page among English questions'
     passages 15/24 -> 18/24, none lost, no off-topic question gained a passage). It needs no translation
-    decode. `deeper`: relevant hits ranked after `relevant`, looked at only for that slot. Not used when a
+    decode. `deeper()`: relevant hits ranked after `relevant`, asked for only when the slot is open. Not used when a
     translated pass ran (kbgate.translate): there the other language had its own search, and a slot taken
     from it cost Chinese questions their third passage (tune half: 2 right pages lost, none gained). Nor on the
     troubleshooting route, where the third passage is often the page's own fix section.
@@ -125,8 +125,10 @@ def with_other_language(retriever, relevant: list, query: str, n: int, deeper: l
     top = relevant[:n]
     if n < 2 or len(top) < n:
         return top  # every relevant source is already among the passages
-    other = other_language(retriever, list(relevant[n:]) + list(deeper), query)
-    if not other or other_language(retriever, top, query):
+    if other_language(retriever, top, query):
+        return top  # the other language has a passage already
+    other = other_language(retriever, list(relevant[n:]), query) or other_language(retriever, deeper(), query)
+    if not other:
         return top
     return top[: n - 1] + [other[0]]
 
@@ -259,13 +261,14 @@ class Pipeline:
                 reason += f"; also searched in {LANGUAGE_NAMES[self.translator.target(query)]} as “{also}”"
         t_r = time.perf_counter()
         n = max(k, self.cfg.answer.passages)
-        deep = self.search(query, 2 * n, troubleshooting=trouble, tags=tags, caller=caller, also=also)
-        hits = deep[:n]  # the deeper hits only offer a page in the other language (with_other_language)
-        timings["retrieval"] = round((time.perf_counter() - t_r) * 1000, 1)
+        hits = self.search(query, n, troubleshooting=trouble, tags=tags, caller=caller, also=also)
         relevant = [h for h in hits if h.relevance >= self.cfg.answer.min_score]
+        # a second, deeper search (only when it is needed) offers a page in the other language
+        deeper = lambda: [h for h in self.search(query, 2 * n, tags=tags, caller=caller)[n:]  # noqa: E731
+                          if h.relevance >= self.cfg.answer.min_score]
         passages = relevant[: self.cfg.answer.passages] if also or trouble else \
-            with_other_language(self.retriever, relevant, query, self.cfg.answer.passages,
-                                [h for h in deep[n:] if h.relevance >= self.cfg.answer.min_score])
+            with_other_language(self.retriever, relevant, query, self.cfg.answer.passages, deeper)
+        timings["retrieval"] = round((time.perf_counter() - t_r) * 1000, 1)
         for i, p in enumerate(passages, 1):
             p.n = i  # numbered as the model sees them and cites them
         if not passages:

@@ -215,9 +215,9 @@ def test_a_page_in_the_other_language_gets_the_last_passage_when_all_are_in_the_
     english = [h for h in hits if h not in other_language(hash_retriever, hits, query)]
     chinese = other_language(hash_retriever, hash_retriever.search("婚假有几天", 10), query)
     assert len(english) >= 3 and chinese
-    got = with_other_language(hash_retriever, english[:3], query, 3, chinese[:2])
+    got = with_other_language(hash_retriever, english[:3], query, 3, lambda: chinese[:2])
     assert got == english[:2] + chinese[:1]  # the best Chinese section takes the last of the three
     mixed = [english[0], chinese[0], english[1]]
-    assert with_other_language(hash_retriever, mixed, query, 3, chinese[1:]) == mixed  # one is there already
-    assert with_other_language(hash_retriever, english[:2], query, 3, chinese) == english[:2]  # room left: as is
-    assert with_other_language(hash_retriever, english[:3], query, 3, []) == english[:3]  # none relevant: as is
+    assert with_other_language(hash_retriever, mixed, query, 3, lambda: chinese[1:]) == mixed  # one is there already
+    assert with_other_language(hash_retriever, english[:2], query, 3, lambda: chinese) == english[:2]  # room left: as is
+    assert with_other_language(hash_retriever, english[:3], query, 3, lambda: []) == english[:3]  # none relevant: as is
