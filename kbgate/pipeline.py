@@ -29,7 +29,7 @@ from kbgate.answer import Assistant
 from kbgate.grounding import (Passage, attribute, citations, copies_example, count_steps, drop_copied, drop_echo,
                               drop_passage_headers, fix_steps, is_fix, message, quoted_steps_reply, with_ack,
                               without_contact)
-from kbgate.decide import asked_kinds, asks_value, extract, quote_value
+from kbgate.decide import asks_value, extract, quote_value
 from kbgate.quotes import check_values, is_yes_no, quote_verdict
 from kbgate.retrieval import bilingual, is_steps_section
 from kbgate.config import Config
@@ -39,6 +39,7 @@ from kbgate.gate import SentimentGate
 from kbgate.engine import Finish
 from kbgate.translate import fuse_hits, other_language
 from kbgate.text import check_query, language
+from kbgate.values import asked_kinds
 
 log = logging.getLogger("kbgate.pipeline")
 LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
@@ -304,13 +305,14 @@ class Pipeline:
         if cited:
             text, cited, notes = self._check(text, given, query, lang, trouble)
             reason += "".join(f"; {x}" for x in notes)
-        if not trouble and self.cfg.answer.verify_citations and self.cfg.answer.check_values:
+        checks = self.cfg.answer.verify_citations and self.cfg.answer.check_values
+        if not trouble and checks:
             text, cited, note = self._decide(text, cited, given, passages, query, lang, caller)
             reason += note
         if trouble:
             text, cited, note = self._troubleshoot(text, cited, given, passages, lang, example, caller)
             reason += note
-            if cited and self.cfg.answer.verify_citations and self.cfg.answer.check_values and asked_kinds(query):
+            if cited and checks and asked_kinds(query):
                 # "保安电话到底是多少": a complaint that asks for a kind of value gets the wiki's line with it
                 # after the acknowledgement, above the steps
                 text, cited, note = self._decide(text, cited, given, passages, query, lang, caller, at=1)

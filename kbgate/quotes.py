@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from kbgate.values import missing, normalise, stated, values
+from kbgate.values import asked_kinds, kind_fits, missing, normalise, stated, values
 
 CITATION = re.compile(r"\[(\d{1,2})\]")
 _CITED = re.compile(r"\s*\[\d{1,2}\]")
@@ -260,8 +260,6 @@ def check_values(text: str, passages: list, query: str, lang: str, topic: bool =
 
 def answers_kind(line: str, query: str) -> bool:
     """Whether a line holds a value of the kind the question asks for (any line, when it asks for no kind)."""
-    from kbgate.decide import asked_kinds, kind_fits  # decide builds on this module
-
     kinds = asked_kinds(query)
     return not kinds or kind_fits(values(line) - values(query), line, kinds)
 

@@ -163,3 +163,41 @@ def missing(sentence: str, passage: str, query: str = "") -> list[Value]:
     """Values the sentence states that neither the passage nor the query holds (sorted for messages)."""
     pool = values(passage) | values(query)
     return sorted((v for v in values(sentence) if not stated(v, pool)), key=str)
+
+
+# What kind of value a question asks for (answer-type matching, as in classic QA): kbgate.decide picks the
+# line holding one, kbgate.quotes.check_values quotes no line without one.
+DURATION = {"workday", "day", "week", "month", "year", "hour", "minute", "second"}
+ASKED = [
+    (re.compile(r"几点|几时|what time|\bat what\b", re.I), {"time"}),
+    (re.compile(r"多久|多长时间|多长|几天|多少天|几个?月|几周|几个?星期|几年|多少年|第几天|有效期|提前多少|"
+                r"\bhow (?:long|soon|far in advance)\b|\bhow many (?:\w+ )?(?:days|weeks|months|years|hours|minutes)\b|"
+                r"\bhow (?:many )?days\b", re.I), DURATION),
+    (re.compile(r"多少钱|多少元|几块|费用|补贴|津贴|报销.{0,6}多少|多少.{0,4}报|预算|价格|"
+                r"\bhow much\b|\b(?:cost|price|fee|allowance|per diem|budget|rate|reimburse\w*)\b", re.I), {"money", "usd"}),
+    (re.compile(r"比例|百分之|多少%|\bpercent|%", re.I), {"percent"}),
+    (re.compile(r"几个人|多少人|几名|几位|人数|多少(?:员工|同事|名)|"
+                r"\bhow many (?:people|persons|employees|staff|members|approv\w+|reviewers)\b", re.I), {"people"}),
+    (re.compile(r"几次|多少次|\bhow many times\b", re.I), {"times"}),
+    (re.compile(r"分机|电话|号码|\b(?:extension|phone|number to call)\b", re.I), {"phone"}),
+]
+_MONEY_WORD = re.compile(r"元|¥|\$|rmb|cny|usd", re.I)
+
+
+def asked_kinds(query: str) -> set[str]:
+    """The value kinds a question asks for (unit classes of kbgate.values, "time", "phone"); empty: any."""
+    q = normalise(query)
+    return set().union(*(kinds for pattern, kinds in ASKED if pattern.search(q)))
+
+
+def kind_fits(own: set, line: str, kinds: set[str]) -> bool:
+    """Whether a line's values (not the question's) include one of the kinds asked for."""
+    for v in own:
+        if v.kind == "time" and "time" in kinds or v.unit in kinds:
+            return True
+        if "phone" in kinds and (v.kind == "code" and sum(c.isdigit() for c in v.text) >= 3 or
+                                 v.kind == "num" and v.unit is None and len(v.text) >= 3):
+            return True
+        if v.kind == "num" and v.unit is None and kinds & {"money", "usd"} and _MONEY_WORD.search(line):
+            return True  # a table column that carries its unit in the header: "金额（元）: 150"
+    return False

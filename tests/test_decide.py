@@ -98,7 +98,7 @@ def test_the_longer_name_wins_when_one_key_hides_in_another():
                                          ("出差一天补贴多少钱", {"money", "usd"}), ("How many employees do we have?", {"people"}),
                                          ("保安电话是多少", {"phone"}), ("报销截止期限是什么时候", set())])
 def test_the_kind_of_value_a_question_asks_for(query, kinds):
-    from kbgate.decide import DURATION, asked_kinds
+    from kbgate.values import DURATION, asked_kinds
     assert asked_kinds(query) == (DURATION if kinds is None else kinds)
 
 
