@@ -77,6 +77,7 @@ class Index:
     bm25: object  # bm25s.BM25
     dense: dict | None = None  # embedder name -> its faiss.Index (manifest order); None = {first: faiss}
     page_bm25: object = None  # bm25s.BM25 over whole pages, document i = i-th page in `pages` (None: not built)
+    gloss: object = None  # indexer.gloss: (chunk BM25, page BM25, Chinese word -> terms) on the English side; None: not built
 
     def __post_init__(self):
         if self.dense is None:
@@ -191,6 +192,7 @@ def load_index(index_dir: str | Path, embedder=None) -> Index:
         vecs = next(iter(dense.values()))
         bm25 = bm25s.BM25.load(str(vdir / "bm25"), show_progress=False)
         page_bm25 = bm25s.BM25.load(str(vdir / "bm25-pages"), show_progress=False)
+        glossed = _load_gloss(vdir)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise IndexUnavailable(f"the index version {name} in {index_dir} is damaged ({type(e).__name__}: {e}); "
                                f"{rebuild_hint(index_dir)}") from None
@@ -203,4 +205,22 @@ def load_index(index_dir: str | Path, embedder=None) -> Index:
                        for c in chunks)
         log.warning("warning: the index in %s predates folder audiences (_access.yml); %s",
                     index_dir, rebuild_hint(index_dir))
-    return Index(index_dir, name, manifest, chunks, tuple(r["key"] for r in rows), pages, vecs, bm25, dense, page_bm25)
+    if glossed is None:
+        log.warning("warning: the index in %s has no cross-language BM25 (built before it); %s",
+                    index_dir, rebuild_hint(index_dir))
+    return Index(index_dir, name, manifest, chunks, tuple(r["key"] for r in rows), pages, vecs, bm25, dense, page_bm25,
+                 glossed)
+
+
+def _load_gloss(vdir: Path):
+    """(chunk BM25, page BM25, word dict) of a version's English-side BM25, or None when it was built without."""
+    import json
+
+    import bm25s
+
+    try:
+        words = json.loads((vdir / "gloss-words.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    return (bm25s.BM25.load(str(vdir / "bm25-gloss"), show_progress=False),
+            bm25s.BM25.load(str(vdir / "bm25-gloss-pages"), show_progress=False), words)

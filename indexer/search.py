@@ -64,24 +64,30 @@ def bm25_search(index: Index, tokens: list[str], n: int, allowed: np.ndarray | N
 
 
 def bm25_page_search(index: Index, tokens: list[str], n: int, allowed: np.ndarray | None = None,
-                     section_weight: float = 0.5):
+                     section_weight: float = 0.5, models: tuple | None = None):
     """Return (rows, scores) of the n best chunks by their page's BM25 plus `section_weight` times their own.
 
     Measured on the FAQ sets' tune halves: chunk-only BM25 found 0.70 (zh) / 0.66 (en)
     at 5, whole pages 0.74 / 0.69: an answer's terms are spread over its sections and
     pieces, so no single chunk holds them all. The chunk's own score orders the
     sections within a page (and nudges close pages). Falls back to chunk BM25 when
-    the index has no page BM25.
+    the index has no page BM25. models: (chunk BM25, page BM25) to use instead of the
+    index's own (the English-side pair of indexer.gloss).
     """
-    if index.page_bm25 is None:
+    if models is None and index.page_bm25 is None:
         return bm25_search(index, tokens, n, allowed)[:2]
-    vocab = index.page_bm25.vocab_dict
+    chunk_bm25, page_bm25 = models or (index.bm25, index.page_bm25)
+    vocab = page_bm25.vocab_dict
     ids = [vocab[t] for t in tokens if t in vocab and t != ""]
     if not ids:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    page = np.asarray(index.page_bm25.get_scores_from_ids(ids), dtype=np.float32)
+    page = np.asarray(page_bm25.get_scores_from_ids(ids), dtype=np.float32)
     rows = index.chunk_page_rows
-    total = np.where(rows >= 0, page[np.maximum(rows, 0)], 0.0) + section_weight * bm25_scores(index, tokens)
+    c_vocab = chunk_bm25.vocab_dict
+    c_ids = [c_vocab[t] for t in tokens if t in c_vocab and t != ""]
+    own = (np.asarray(chunk_bm25.get_scores_from_ids(c_ids), dtype=np.float32) if c_ids
+           else np.zeros(len(index), np.float32))
+    total = np.where(rows >= 0, page[np.maximum(rows, 0)], 0.0) + section_weight * own
     if allowed is not None:
         total = np.where(allowed, total, 0.0)
     pos = np.flatnonzero(total > 0)

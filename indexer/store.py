@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from indexer import chunking
+from indexer import chunking, gloss
 from indexer import tokenize as tok
 from indexer.chunking import Chunk, chunk_page
 from indexer.embedders import bulk, members
@@ -92,13 +92,24 @@ def make_faiss(vectors: np.ndarray, ivf_min_chunks: int = 0):
     return index
 
 
-def build_bm25(texts: list[str]):
-    """Return a bm25s index over the tokenized texts (document i = texts[i])."""
+def build_bm25(texts: list[str], terms=tokenize):
+    """Return a bm25s index over the texts cut into terms (document i = texts[i])."""
     import bm25s
 
     bm25 = bm25s.BM25()
-    bm25.index([tokenize(t) for t in texts], show_progress=False)
+    bm25.index([terms(t) for t in texts], show_progress=False)
     return bm25
+
+
+def write_gloss(vdir: Path, chunks: list[Chunk], pages: list[Page]) -> None:
+    """Write the English-side (glossed, stemmed) BM25 of chunks and pages, and the dictionary cut to what
+    the English pages say (indexer.gloss): BM25 across the two languages."""
+    chunk_terms = [gloss.gloss_terms(c.embed_text) for c in chunks]
+    build_bm25(chunk_terms, terms=list).save(str(vdir / "bm25-gloss"), show_progress=False)
+    page_terms = [gloss.gloss_terms(p.text) for p in pages]
+    build_bm25(page_terms, terms=list).save(str(vdir / "bm25-gloss-pages"), show_progress=False)
+    english = {t for p, terms in zip(pages, page_terms) if tok.detect_lang(p.text) == "en" for t in terms}
+    write_json(vdir / "gloss-words.json", gloss.reduced(english))
 
 
 def _current(index_dir: Path, names: list[str]) -> tuple[str | None, dict | None, bool]:
@@ -126,7 +137,8 @@ def _load_previous(index_dir: Path) -> Index | None:
 
 def _settings(cfg) -> dict:
     return {"chunk_tokens": cfg.index.chunk_tokens, "chunk_overlap": cfg.index.chunk_overlap,
-            "ivf_min_chunks": cfg.index.ivf_min_chunks, "chunker": chunking.VERSION, "tokenizer": tok.VERSION}
+            "ivf_min_chunks": cfg.index.ivf_min_chunks, "chunker": chunking.VERSION, "tokenizer": tok.VERSION,
+            "gloss": gloss.VERSION}
 
 
 def build_index(cfg, kb_dir: str | Path, index_dir: str | Path, embedder, progress: bool = True) -> BuildSummary:
@@ -218,6 +230,7 @@ def _write_version(vdir: Path, cfg, kb_dir: Path, pages: list[Page], chunks: lis
     build_bm25([c.embed_text for c in chunks]).save(str(vdir / "bm25"), show_progress=False)
     # whole pages too: an answer's terms are spread over its sections (see indexer.search.bm25_page_search)
     build_bm25([p.text for p in pages]).save(str(vdir / "bm25-pages"), show_progress=False)
+    write_gloss(vdir, chunks, pages)
     first = {k: built[0][k] for k in ("name", "dim", "languages")}
     write_json(vdir / MANIFEST, {
         "format_version": FORMAT_VERSION,

