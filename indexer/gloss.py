@@ -24,7 +24,7 @@ from importlib import resources
 
 from indexer.tokenize import STOP_EN, is_cjk, tokenize
 
-VERSION = 1  # bump when gloss terms change: indexes record it and are rebuilt on a mismatch
+VERSION = 2  # bump when gloss terms change (indexes record it and are rebuilt); 2: places kept, unknown words by characters
 MAX_SENSES = 3  # first senses per entry (CC-CEDICT lists the common ones first)
 MAX_TERMS = 10  # English terms per Chinese word at most
 _LINE = re.compile(r"^(\S+) (\S+) \[([^\]]*)\] /(.*)/\s*$")
@@ -34,6 +34,7 @@ _SKIP = re.compile(r"^(?:CL:|surname |variant of|old variant|see |used in|abbr\.
                    r"\(old\)|\(Tw\)|\(dialect\))", re.I)
 GLOSS_STOP = STOP_EN | frozenset("""
 sth sb one oneself etc esp usu lit fig non something someone person thing things kind sort way make take give put
+adjective noun verb adverb bound form literary coll colloquial archaic dialect loanword abbr prefix suffix
 """.split())
 
 _dict: dict[str, str] | None = None
@@ -89,28 +90,32 @@ def dictionary() -> dict[str, str]:
                 with path.open("rb") as fh, gzip.open(fh, "rt", encoding="utf-8") as f:
                     for line in f:
                         m = _LINE.match(line)
-                        # a capitalised reading is a name (元 [Yuan2] the Mongol dynasty): not a meaning
-                        if m and not m.group(2).isascii() and not m.group(3)[:1].isupper():
+                        # a capitalised reading of one character is a surname or a dynasty (元 [Yuan2]), not
+                        # a meaning; of a longer word it is a place or name worth keeping (北京 Beijing)
+                        if m and not m.group(2).isascii() and (len(m.group(2)) > 1 or not m.group(3)[:1].isupper()):
                             terms = raw.setdefault(m.group(2), [])
                             terms.extend(t for t in _sense_terms(m.group(4).split("/")) if t not in terms)
                 _dict = {w: " ".join(t[:MAX_TERMS]) for w, t in raw.items() if t}
     return _dict
 
 
-def gloss_terms(text_or_tokens, words: dict | None = None) -> list[str]:
+def gloss_terms(text_or_tokens, words: dict | None = None, by_chars: bool = True) -> list[str]:
     """The English-side terms of a text (or of `tokenize` output): English words stemmed, Chinese words glossed.
 
     words: the dictionary to gloss with, word -> space-separated terms (default: all of
-    CC-CEDICT; a query uses the index's `reduced` copy). A Chinese word the dictionary lacks gives nothing (it
-    cannot match the other language); a Latin term that is not a plain word
-    (AUTH-403, 10.8.0.0) is kept as it is.
+    CC-CEDICT; a query uses the index's `reduced` copy). A Chinese word the dictionary
+    lacks reads as its characters (unless `by_chars` is False: a query's unknown word, 生产库, read
+    that way brings every sense of 生, 产 and 库 into its search); a Latin term that is not a plain word (AUTH-403,
+    10.8.0.0) is kept as it is.
     """
     tokens = tokenize(text_or_tokens) if isinstance(text_or_tokens, str) else text_or_tokens
     d = dictionary() if words is None else words
     out: list[str] = []
     for t in tokens:
         if is_cjk(t[0]):
-            out.extend(d.get(t, "").split())
+            # a word the dictionary lacks (每晚) reads as its characters (每 every, 晚 night)
+            out.extend(d[t].split() if t in d else
+                       [x for c in t if by_chars and len(t) > 1 for x in d.get(c, "").split()])
         elif t.isalpha():
             out.append(stem(t))
         else:

@@ -102,14 +102,21 @@ def build_bm25(texts: list[str], terms=tokenize):
 
 
 def write_gloss(vdir: Path, chunks: list[Chunk], pages: list[Page]) -> None:
-    """Write the English-side (glossed, stemmed) BM25 of chunks and pages, and the dictionary cut to what
-    the English pages say (indexer.gloss): BM25 across the two languages."""
+    """Write the English-side (glossed, stemmed) BM25 of chunks and pages, and the dictionary (indexer.gloss)
+    cut to what the English pages say, plus every Chinese word of the wiki with all its senses."""
     chunk_terms = [gloss.gloss_terms(c.embed_text) for c in chunks]
     build_bm25(chunk_terms, terms=list).save(str(vdir / "bm25-gloss"), show_progress=False)
     page_terms = [gloss.gloss_terms(p.text) for p in pages]
     build_bm25(page_terms, terms=list).save(str(vdir / "bm25-gloss-pages"), show_progress=False)
     english = {t for p, terms in zip(pages, page_terms) if tok.detect_lang(p.text) == "en" for t in terms}
-    write_json(vdir / "gloss-words.json", gloss.reduced(english))
+    words = gloss.reduced(english)
+    # the wiki's own Chinese words keep all their senses: a Chinese line is matched against an English question
+    full = gloss.dictionary()
+    for w in {w for p in pages for w in tokenize(p.text) if tok.is_cjk(w[0])}:
+        for x in [w] if w in full else w:  # a word the dictionary lacks is read by its characters
+            if x in full:
+                words[x] = full[x]
+    write_json(vdir / "gloss-words.json", words)
 
 
 def _current(index_dir: Path, names: list[str]) -> tuple[str | None, dict | None, bool]:

@@ -10,14 +10,17 @@ that line's values: the user always sees the wiki's own number, cited.
 The line: among the passages' lines that state a value, a table row the question names
 (陪产假, or a range holding its quantity: 工作三年 -> 满 1 年不满 10 年) first, then the
 most topic terms shared with the question. An English question on a Chinese page shares
-no term with any line; there a bilingual embedder's cosine (`similar`) picks the line.
+no term with a line; there the terms are compared on the dictionary's English side
+(`glossed`, indexer.gloss: 北京 员工 700 元 shares "beijing" and "employee" with "max hotel
+rate for an employee travelling to Beijing"), and a bilingual embedder's cosine
+(`similar`) decides among the lines that share as many.
 """
 from __future__ import annotations
 
 import re
 from typing import Callable, NamedTuple, Sequence
 
-from indexer.tokenize import is_cjk
+from indexer.tokenize import detect_lang, is_cjk
 from kbgate.quotes import _quantities, _quote, _terms, _topic, deciding_line, in_range, is_yes_no, passage_lines
 from kbgate.values import asked_kinds, kind_fits, normalise, stated, values
 
@@ -30,6 +33,7 @@ ASKS_EN = re.compile(r"\bhow (?:many|much|long|far|often|soon|late|early|old|big
                      r"amount|number|extension|phone|address|url)\b", re.I)
 
 Similar = Callable[[str, list[str]], Sequence[float]]  # (query, lines) -> one cosine per line
+Glossed = Callable[[str], set]  # text -> its terms on the dictionary's English side (indexer.gloss)
 
 
 def asks_value(query: str) -> bool:
@@ -47,17 +51,26 @@ class Line(NamedTuple):
     n: int  # the passage's number
 
 
-def value_line(query: str, passages: list, similar: Similar | None = None) -> tuple[str, int] | None:
+def value_line(query: str, passages: list, similar: Similar | None = None,
+               glossed: Glossed | None = None) -> tuple[str, int] | None:
     """(line, passage n) of the line that answers a value question, or None (no line with a value)."""
     topic, nums, low, kinds = _topic(query), _quantities(query), normalise(query).lower(), asked_kinds(query)
     asked = values(query)
+    zh_query = detect_lang(query) == "zh"
+    q_gloss: set | None = None  # the question's English side, looked up once a line in the other language needs it
     cands = []
     for order, p in enumerate(passages):
         for key, line in passage_lines(p.text):
             own = values(line) - asked  # the question's own numbers answer nothing
             if own:
                 named = (names(key, low) or 2 * in_range(key, nums)) if key else 0
-                cands.append(Line(named, kind_fits(own, line, kinds), len(topic & _terms(line)), order, line, p.n))
+                shared = len(topic & _terms(line))
+                if glossed is not None and (detect_lang(line) == "zh") != zh_query:  # across languages
+                    q_gloss = glossed(query) if q_gloss is None else q_gloss
+                    # on the English side, with the section's own heading (住宿标准（每晚）: "night")
+                    heading = (getattr(p, "heading", "") or "").rsplit("›", 1)[-1]
+                    shared = max(shared, len(q_gloss & glossed(f"{heading} {line}")))
+                cands.append(Line(named, kind_fits(own, line, kinds), shared, order, line, p.n))
     if kinds:  # a line with the kind of value asked for, or none: "how much" is not answered by a date
         cands = [c for c in cands if c.fits]
     if not cands or (similar is None and not any(c.named or c.shared for c in cands)):
@@ -97,12 +110,12 @@ def quoted_line(found: tuple[str, int], lang: str) -> str:
 
 
 def quote_value(text: str, passages: list, query: str, lang: str,
-                similar: Similar | None = None, at: int = 0) -> tuple[str, bool]:
+                similar: Similar | None = None, at: int = 0, glossed: Glossed | None = None) -> tuple[str, bool]:
     """For a value question: the answering line quoted before the reply's line `at` (0: first), unless the
     reply states one of its values. Returns (text, changed). Passages: the cited ones, best first."""
     if not passages or not asks_value(query):
         return text, False
-    found = value_line(query, passages, similar)
+    found = value_line(query, passages, similar, glossed)
     if not found:
         return text, False
     own = values(found[0]) - values(query)
@@ -112,13 +125,14 @@ def quote_value(text: str, passages: list, query: str, lang: str,
     return "\n".join(lines[:at] + [quoted_line(found, lang)] + lines[at:]).strip(), True
 
 
-def extract(query: str, passages: list, lang: str, similar: Similar | None = None) -> str | None:
+def extract(query: str, passages: list, lang: str, similar: Similar | None = None,
+            glossed: Glossed | None = None) -> str | None:
     """A reply of the wiki's own line, quoted and cited, for a yes/no or value question (None: neither,
     or no line decides it): what the user gets when the model's reply is not grounded."""
     if is_yes_no(query):
         found = deciding_line(query, passages)
     elif asks_value(query):
-        found = value_line(query, passages, similar)
+        found = value_line(query, passages, similar, glossed)
     else:
         return None
     return quoted_line(found, lang) if found else None

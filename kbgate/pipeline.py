@@ -368,10 +368,10 @@ class Pipeline:
         extra = self._page_rest((first or given)[0].page, passages, caller)
         pool += [Passage(x.n, x.title, x.heading, x.text, x.page) for x in extra]
         if cited:
-            out, quoted = quote_value(text, pool, query, lang, self.similar(), at)
+            out, quoted = quote_value(text, pool, query, lang, self.similar(), at, self.glossed())
             note = "; a value question the reply left unanswered: the wiki's line is quoted"
         else:
-            out = extract(query, pool, lang, self.similar()) or ""
+            out = extract(query, pool, lang, self.similar(), self.glossed()) or ""
             quoted, note = bool(out), "; the model's reply was not grounded, so the wiki's line that answers it is quoted"
         if not quoted:
             return text, cited, ""
@@ -386,6 +386,10 @@ class Pipeline:
         have = {(p.page, p.heading) for p in passages}
         rest = [h for h in self.retriever.page_sections(page, caller) if (h.page, h.heading) not in have]
         return [self._source(len(passages) + i, h, caller) for i, h in enumerate(rest, 1)]
+
+    def glossed(self):
+        """text -> its terms on the dictionary's English side (the index's, kbgate.retrieval), or None."""
+        return getattr(self.retriever, "gloss_text", None)
 
     def similar(self):
         """(query, lines) -> cosines by the first embedder that compares Chinese with English, or None."""

@@ -171,7 +171,7 @@ DURATION = {"workday", "day", "week", "month", "year", "hour", "minute", "second
 ASKED = [
     (re.compile(r"几点|几时|what time|\bat what\b", re.I), {"time"}),
     (re.compile(r"多久|多长时间|多长|几天|多少天|几个?月|几周|几个?星期|几年|多少年|第几天|有效期|提前多少|"
-                r"\bhow (?:long|soon|far in advance)\b|\bhow many (?:\w+ )?(?:days|weeks|months|years|hours|minutes)\b|"
+                r"\bhow (?:long|soon|often|far in advance)\b|\bhow many (?:\w+ ){0,3}(?:days|weeks|months|years|hours|minutes)\b|"
                 r"\bhow (?:many )?days\b", re.I), DURATION),
     (re.compile(r"多少钱|多少元|几块|费用|补贴|津贴|报销.{0,6}多少|多少.{0,4}报|预算|价格|"
                 r"\bhow much\b|\b(?:cost|price|fee|allowance|per diem|budget|rate|reimburse\w*)\b", re.I), {"money", "usd"}),

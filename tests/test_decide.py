@@ -114,3 +114,35 @@ def test_the_embedder_compares_only_the_lines_still_in_the_running():
     # across languages every line with the asked-for kind is compared, in one call
     value_line("How many days off do I get when I get married?", [LEAVE], similar)
     assert len(asked) == 1 and len(asked[0]) == 4
+
+
+TRAVEL = Passage(1, "出差管理规定", "出差管理规定 › 住宿标准（每晚）", """| 城市类别 | 城市举例 | 员工 | 总监及以上 |
+|---|---|---|---|
+| 一线城市 | 北京、上海 | 700 元 | 1,000 元 |
+| 其他城市 | — | 400 元 | 600 元 |""", "hr/business-travel")
+PARKING = Passage(2, "Parking", "Parking › EV charging", "8 EV chargers on B2, max 4 hours per session, ¥1.5 per kWh.",
+                  "office/parking")
+
+
+def test_across_languages_the_dictionary_ties_a_chinese_row_to_an_english_question():
+    from indexer.gloss import gloss_terms
+    from indexer.topic import topic_terms
+    from indexer.tokenize import tokenize
+
+    def glossed(text):
+        return set(gloss_terms(topic_terms(tokenize(text))))
+    q = "What's the max hotel rate per night for a regular employee travelling to Beijing?"
+    # without it the English parking line wins on its one shared word ("max") and its ¥: the wrong answer
+    assert value_line(q, [TRAVEL, PARKING])[1] == 2
+    # on the English side the Beijing row shares beijing, employee and (the heading's 每晚) night
+    assert value_line(q, [TRAVEL, PARKING], None, glossed) == (
+        "城市类别: 一线城市; 城市举例: 北京、上海; 员工: 700 元; 总监及以上: 1,000 元", 1)
+    # the same question in Chinese on the Chinese page compares words directly: the dictionary is not asked
+    assert value_line("北京出差住宿每晚最多多少钱？", [TRAVEL], None, lambda t: 1 / 0)[0].endswith("1,000 元")
+
+
+@pytest.mark.parametrize("query", ["How often does my password expire?",
+                                   "How many unused annual leave days can I carry over?"])
+def test_how_often_and_a_longer_how_many_ask_for_a_duration(query):
+    from kbgate.values import DURATION, asked_kinds
+    assert asked_kinds(query) == DURATION

@@ -30,8 +30,10 @@ def test_chinese_words_read_as_their_dictionary_senses():
     assert gloss_terms("married") == gloss_terms("marry") == [stem("marry")]
     # a capitalised reading is a name (元 [Yuan2], the Mongol dynasty): its senses are left out
     assert "mongol" not in gloss_terms("元") and "yuan" in gloss_terms("元")
-    # codes and compounds are kept as the tokenizer cuts them; a word the dictionary lacks gives nothing
-    assert "auth-403" in gloss_terms("AUTH-403") and gloss_terms("犇犇犇犇") == []
+    # a place keeps its name (a capitalised reading of a longer word)
+    assert stem("beijing") in gloss_terms("北京")
+    # codes and compounds are kept as the tokenizer cuts them; a word the dictionary lacks reads as its characters
+    assert "auth-403" in gloss_terms("AUTH-403") and stem("night") in gloss_terms("每晚")
 
 
 def test_the_index_keeps_only_the_dictionary_its_english_pages_can_match():
