@@ -20,8 +20,9 @@ BM25 crosses languages through a dictionary (`indexer.gloss`, CC-CEDICT): every 
 is also indexed on an English side (Chinese words replaced by their senses, all words
 stemmed), and a query, glossed the same way, searches the other language's pages
 there: the list `gloss`, fused with the table's `gloss` weight. "how many days off do
-I get when I get married?" then meets 婚假 (marriage leave) (answers.jsonl tune half:
-English questions with the right Chinese page in the top 3, 5/14 -> 14/14). Its
+I get when I get married?" then meets 婚假 (marriage leave). The weight stays small (see
+config.toml: at 0.5 English questions on Chinese pages all found theirs, but English
+pages with a Chinese sibling lost to it). Its
 coverage is not part of the relevance: glossed pages hold every sense of every word,
 so off-topic English questions found them too (tune half at min_score 0.5: off-topic
 passing 1/30 -> 4/30 at 0.7 x the glossed coverage, 5/30 at 1.0, for one more on-topic pass).
