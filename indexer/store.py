@@ -106,13 +106,14 @@ def write_gloss(vdir: Path, chunks: list[Chunk], pages: list[Page]) -> None:
     cut to what the English pages say, plus every Chinese word of the wiki with all its senses."""
     chunk_terms = [gloss.gloss_terms(c.embed_text) for c in chunks]
     build_bm25(chunk_terms, terms=list).save(str(vdir / "bm25-gloss"), show_progress=False)
-    page_terms = [gloss.gloss_terms(p.text) for p in pages]
+    page_tokens = [tokenize(p.text) for p in pages]  # cut once: glossed here, their Chinese words kept below
+    page_terms = [gloss.gloss_terms(t) for t in page_tokens]
     build_bm25(page_terms, terms=list).save(str(vdir / "bm25-gloss-pages"), show_progress=False)
     english = {t for p, terms in zip(pages, page_terms) if tok.detect_lang(p.text) == "en" for t in terms}
     words = gloss.reduced(english)
     # the wiki's own Chinese words keep all their senses: a Chinese line is matched against an English question
     full = gloss.dictionary()
-    for w in {w for p in pages for w in tokenize(p.text) if tok.is_cjk(w[0])}:
+    for w in {w for tokens in page_tokens for w in tokens if tok.is_cjk(w[0])}:
         for x in [w] if w in full else w:  # a word the dictionary lacks is read by its characters
             if x in full:
                 words[x] = full[x]
