@@ -48,6 +48,8 @@ class ModelConfig:
     threads: int = _f(0, "compute threads of the local engine; 0 = all cores")
     n_ctx: int = _f(8192, "llamacpp: KV cache cells shared by the cached role prefixes and the requests in flight")
     n_batch: int = _f(512, "llamacpp: prompt tokens evaluated per llama_decode call")
+    requantize: str = _f("", "llamacpp: '' reads the GGUF as it is; 'iq4_nl', 'q4_0' or 'q8_0' derive a copy in that "
+                             "type once (models_dir), which llama.cpp repacks for faster prefill and decode on the CPU")
     attention: str = _f("eager", "transformers: attention kernel: eager measured faster than sdpa here for a short "
                                  "query over a long cached prefix (gate p50 180 vs 189 ms, p95 203 vs 250 ms)")
     name: str = _f("", "model name shown to users and in /v1/models; empty = the bundle's name or the model file's")

@@ -40,18 +40,60 @@ def _bundle(cfg: Config) -> Bundle | None:
     return dataclasses.replace(b, sha256=cfg.model.gguf_sha256.lower()) if b.source == "bundled" else b
 
 
+# [model] requantize -> llama.cpp's llama_ftype
+REQUANTIZE = {"iq4_nl": 25, "q4_0": 2, "q8_0": 7}
+
+
 def fetch_gguf(cfg: Config) -> Path:
-    """The configured model as a GGUF file for llama.cpp: a bundle assembled and hash-checked, or a .gguf path."""
+    """The configured model as a GGUF file for llama.cpp: a bundle assembled and hash-checked, or a .gguf path,
+    derived once in the `[model] requantize` type where one is set."""
     if (bundle := _bundle(cfg)) is not None:
-        return assemble(bundle, cfg.path(cfg.model.models_dir))
+        return requantized(cfg, assemble(bundle, cfg.path(cfg.model.models_dir)))
     p = cfg.path(cfg.model.source)
     if p.suffix == ".gguf":
         if not p.is_file():
             raise ModelError(f"[model] source {cfg.model.source!r}: no such GGUF file")
-        return p
+        return requantized(cfg, p)
     raise ModelError(f"[model] engine = \"llamacpp\" reads GGUF files: source {cfg.model.source!r} is not "
                      f"one of {', '.join(BUNDLES)} nor a .gguf file; for a Hugging Face folder or repo id "
                      "set [model] engine = \"transformers\"")
+
+
+def requantized(cfg: Config, gguf: Path) -> Path:
+    """`gguf` itself, or its copy in the `[model] requantize` type, made once beside the models.
+
+    Why: most of the bundled 0.5B's weights are Q5_0 (its 896-wide rows do not fit Q4_K's 256
+    blocks), which llama.cpp's CPU backend cannot repack; IQ4_NL and Q4_0 it repacks into
+    interleaved rows. The copy is named by the source's size and modification time and
+    written beside, then renamed: a killed run leaves no half file that would be trusted.
+    """
+    kind = cfg.model.requantize.lower()
+    if not kind:
+        return gguf
+    if kind not in REQUANTIZE:
+        raise ModelError(f"[model] requantize must be '' or one of {', '.join(REQUANTIZE)}, got "
+                         f"{cfg.model.requantize!r}")
+    st = gguf.stat()
+    dest = cfg.path(cfg.model.models_dir) / f"{gguf.stem}.{kind}-{st.st_size:x}{int(st.st_mtime):x}.gguf"
+    if dest.is_file():
+        return dest
+    from kbgate.engines.llamacpp import import_llama_cpp
+
+    ll = import_llama_cpp()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    params = ll.llama_model_quantize_default_params()
+    params.ftype, params.allow_requantize, params.nthread = REQUANTIZE[kind], True, 0
+    _log(f"requantizing {gguf.name} to {kind.upper()} for llama.cpp into {dest} (once; about a minute on 2 cores)")
+    with tqdm(total=1, desc=f"requantize {kind}", unit="model") as bar:
+        rc = ll.llama_model_quantize(str(gguf).encode(), str(tmp).encode(), params)
+        bar.update()
+    if rc != 0 or not tmp.is_file():
+        tmp.unlink(missing_ok=True)
+        raise ModelError(f"llama.cpp could not requantize {gguf} to {kind} (code {rc}); "
+                         "set [model] requantize = \"\" to read the file as it is")
+    tmp.replace(dest)
+    return dest
 
 
 def convert_gguf(gguf: Path, dest: Path) -> Path:

@@ -89,3 +89,31 @@ def test_a_tampered_copy_of_the_real_gguf_is_refused(tmp_path, real_gguf):
     copy.write_bytes(data)
     with pytest.raises(ModelError, match="refusing the bundled model"):
         fetch_gguf(cfg)
+
+
+def test_an_unknown_requantize_type_is_refused_naming_the_choices(tmp_path):
+    cfg, path = bundled_cfg(tmp_path, b"GGUF-pretend-model")
+    with pytest.raises(ModelError, match="requantize must be '' or one of iq4_nl, q4_0, q8_0, got 'q3_x'"):
+        fetch_gguf(cfg.replace(model={"requantize": "q3_x"}))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".gguf") == [path.name]  # nothing written
+
+
+@pytest.mark.slow
+def test_requantize_derives_a_copy_once_that_llama_cpp_loads_as_that_type(tmp_path):
+    """The bundled GGUF requantized to Q4_0 (the quickest type to make) beside it; the second call reuses the file."""
+    from kbgate.engines.llamacpp import LlamaCppEngine
+
+    src = fetch_gguf(load_config())
+    gguf = tmp_path / src.name
+    os.symlink(src, gguf)
+    cfg = load_config().replace(model={"source": str(gguf), "models_dir": str(tmp_path), "requantize": "q4_0"})
+    out = fetch_gguf(cfg)
+    assert out != gguf and out.parent == tmp_path and out.stat().st_size < src.stat().st_size
+    mtime = out.stat().st_mtime_ns
+    assert fetch_gguf(cfg) == out and out.stat().st_mtime_ns == mtime  # made once
+    assert not list(tmp_path.glob("*.tmp"))
+    engine = LlamaCppEngine(out, n_ctx=512, slots=1, kv_dir=None)
+    assert engine.info().quantization == "Q4_0"
+    reply = "".join(p for p in engine.stream([{"role": "user", "content": "What is 2 + 3? Answer with a number."}],
+                                             max_tokens=8) if isinstance(p, str))
+    assert "5" in reply

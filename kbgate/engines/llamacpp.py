@@ -10,9 +10,12 @@ disturb each other's cache. One lock serializes `llama_decode`, one batch or one
 decode step at a time, so a gate call slips in between the steps of an answer.
 
 `classify` on an open-turn prefix (the gate's) runs in a small second context that holds
-only such prefixes (copied once from the main context): llama.cpp attends over every used
-cell of a unified cache, so in the main one a 20-token gate tail would attend over
-all roles' prefixes and the answers in flight instead of its own ~1,100 cells.
+only such prefixes: without flash attention llama.cpp attends over every used cell of a
+unified cache, so in the main one a 20-token gate tail would attend over all roles'
+prefixes and the answers in flight instead of its own ~1,100 cells. The main context runs
+flash attention, which skips other sequences' cells (faster prefill and decode there), the
+small one does not (flash attention doubles a short tail's time); as the two lay out their
+cells differently, the gate's prefix is evaluated in each (and saved, so only once).
 
 Not handled: batching several sequences into one decode, GPUs, grammars.
 """
@@ -37,7 +40,7 @@ from kbgate.errors import EngineUnavailable, ModelError
 
 # general.file_type of a GGUF (llama.cpp's llama_ftype) for the ones we meet
 FILE_TYPES = {"0": "F32", "1": "F16", "2": "Q4_0", "7": "Q8_0", "12": "Q3_K_M", "14": "Q4_K_S",
-              "15": "Q4_K_M", "16": "Q5_K_S", "17": "Q5_K_M", "18": "Q6_K", "32": "BF16"}
+              "15": "Q4_K_M", "16": "Q5_K_S", "17": "Q5_K_M", "18": "Q6_K", "25": "IQ4_NL", "32": "BF16"}
 MAX_PREFIXES = 10  # the service registers 5-6 (gate, answer, troubleshoot, chat, one per translation direction)
 CLASSIFY_SLOTS = 2  # classify calls at once in the small context (more wait; they are one pass each)
 
@@ -59,6 +62,17 @@ def import_llama_cpp():
     return llama_cpp
 
 
+def repack_is_safe(ll) -> bool:
+    """Whether llama.cpp may use its extra weight buffers (the `extra_buffers=None` default).
+
+    They repack Q4_0, IQ4_NL and Q4_K weights into interleaved rows at load time (`[model]
+    requantize`: prefill and decode about 1.5x faster here), but a build with AMX kernels also
+    picks the AMX buffer, which died with SIGILL on these VMs. `make setup` builds without AMX.
+    """
+    info = ll.llama_print_system_info().decode(errors="replace")
+    return "AMX_INT8 = 1" not in info and "AMX = 1" not in info
+
+
 class Context:
     """One llama.cpp context on the shared model: its KV cells, a batch, and its free working sequences."""
 
@@ -70,9 +84,11 @@ class Context:
         cp.n_threads = cp.n_threads_batch = threads
         cp.n_seq_max = MAX_PREFIXES + slots
         cp.kv_unified = True  # one cell pool: copying a prefix into a working sequence shares its cells
-        # llama.cpp's default ("auto") turns flash attention on for the CPU, where it doubled the time of a
-        # 16-token gate tail after a 900-token prefix here (342-390 ms against 172-187 ms without)
+        # flash attention skips the cells of other sequences (the unified cache holds every role's prefix):
+        # on for the answers' context (first answer token 2.9 -> 2.0 s, decode 32 -> 44 tok/s here), off for
+        # the gate's, where it doubled a 16-token tail after a 900-token prefix (342-390 ms against 172-187)
         cp.flash_attn_type = 1 if flash_attn else 0
+        self.flash_attn = flash_attn
         self.ll, self._ctx = ll, LlamaContext(model=model, params=cp, verbose=False)
         self.ctx, self.n_ctx, self.n_batch = self._ctx.ctx, n_ctx, n_batch
         self.mem = ll.llama_get_memory(self.ctx)
@@ -92,8 +108,8 @@ class LlamaCppEngine:
     """A GGUF model in llama.cpp with per-prefix KV sequences and a lock around each decode."""
 
     def __init__(self, path: str | Path, *, threads: int = 0, n_ctx: int = 8192, n_batch: int = 512,
-                 slots: int = 8, name: str | None = None, extra_buffers: bool = False, flash_attn: bool = False,
-                 kv_dir: str | Path | None = "", classify_room: int = 1024):
+                 slots: int = 8, name: str | None = None, extra_buffers: bool | None = None, flash_attn: bool = True,
+                 classify_flash_attn: bool = False, kv_dir: str | Path | None = "", classify_room: int = 1024):
         ll = self.ll = import_llama_cpp()
         from llama_cpp import _logger
         from llama_cpp._internals import LlamaModel
@@ -102,7 +118,7 @@ class LlamaCppEngine:
         self.path, self.name = Path(path), name or Path(path).stem
         self.threads = cpu_threads(threads)
         mp = ll.llama_model_default_params()
-        mp.use_extra_bufts = extra_buffers
+        mp.use_extra_bufts = repack_is_safe(ll) if extra_buffers is None else extra_buffers
         try:
             self._model = LlamaModel(path_model=str(path), params=mp, verbose=False)
         except ValueError as e:
@@ -112,7 +128,8 @@ class LlamaCppEngine:
         # classify's own context, made for the first prefix classify continues: that prefix plus
         # `classify_room` cells for the calls' own tokens (0 = none: classify runs in the main context)
         self.small: Context | None = None
-        self.classify_room, self.flash_attn = classify_room, flash_attn
+        self.classify_room, self.classify_flash_attn = classify_room, classify_flash_attn
+        self._filling = threading.Lock()  # one thread at a time puts a prefix into the small context
         self.n_ctx, self.n_batch = n_ctx, n_batch
         self.vocab = self._model.vocab
         self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
@@ -220,9 +237,9 @@ class LlamaCppEngine:
             raise ValueError(f"at most {MAX_PREFIXES} prefixes can be registered")
         seq = len(self.prefixes.items)
         ids = self.encode(text)
-        if not self._load_prefix(seq, ids):
+        if not self._load_prefix(self.main, seq, ids):
             self._decode(self.main, seq, ids, 0)
-            self._save_prefix(seq, ids)
+            self._save_prefix(self.main, seq, ids)
         prefix = Prefix(text, ids, seq)
         self.prefixes.add(prefix)
         if open_last:  # an open turn is what classify continues (the gate): copy it now, not on the first call
@@ -230,22 +247,24 @@ class LlamaCppEngine:
             self._classify_context(prefix, len(ids) + 1)
         return len(ids)
 
-    def _kv_file(self, ids: list[int]) -> Path | None:
-        """Where a prefix's KV cells are kept: named by the model file and the prefix's tokens."""
+    def _kv_file(self, c: Context, ids: list[int]) -> Path | None:
+        """Where a prefix's KV cells are kept: named by the model file, the cells' layout and the prefix's tokens."""
         if self.kv_dir is None:
             return None
         st = self.path.stat()
-        key = hashlib.sha256(f"{self.path.name}:{st.st_size}:{self.ll.__version__}:{ids}".encode()).hexdigest()[:24]
+        layout = "fa" if c.flash_attn else "kq"  # flash attention stores V untransposed: the files differ
+        key = hashlib.sha256(f"{self.path.name}:{st.st_size}:{self.ll.__version__}:{layout}:{ids}".encode()
+                             ).hexdigest()[:24]
         return self.kv_dir / f"{key}.kv"
 
-    def _load_prefix(self, seq: int, ids: list[int]) -> bool:
-        """Restore a saved prefix into `seq`; False (and nothing restored) when there is none or it does not fit."""
-        path = self._kv_file(ids)
+    def _load_prefix(self, c: Context, seq: int, ids: list[int]) -> bool:
+        """Restore a saved prefix into `seq` of `c`; False (and nothing restored) when there is none or it does not fit."""
+        path = self._kv_file(c, ids)
         if path is None or not path.is_file():
             return False
         got = (self.ll.llama_token * len(ids))()
         n = ctypes.c_size_t(0)
-        ctx, mem = self.main.ctx, self.main.mem
+        ctx, mem = c.ctx, c.mem
         with self.lock:
             read = self.ll.llama_state_seq_load_file(ctx, str(path).encode(), seq, got, len(ids), ctypes.byref(n))
             if read and n.value == len(ids) and list(got[:n.value]) == ids:
@@ -253,9 +272,9 @@ class LlamaCppEngine:
             self.ll.llama_memory_seq_rm(mem, seq, -1, -1)  # a stale or torn file: evaluate again
         return False
 
-    def _save_prefix(self, seq: int, ids: list[int]) -> None:
+    def _save_prefix(self, c: Context, seq: int, ids: list[int]) -> None:
         """Keep a freshly evaluated prefix for the next start (best effort: a read-only disk only costs time)."""
-        path = self._kv_file(ids)
+        path = self._kv_file(c, ids)
         if path is None:
             return
         try:
@@ -263,7 +282,7 @@ class LlamaCppEngine:
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             arr = (self.ll.llama_token * len(ids))(*ids)
             with self.lock:
-                ok = self.ll.llama_state_seq_save_file(self.main.ctx, str(tmp).encode(), seq, arr, len(ids))
+                ok = self.ll.llama_state_seq_save_file(c.ctx, str(tmp).encode(), seq, arr, len(ids))
             if ok:
                 os.replace(tmp, path)  # whole or not at all: a kill mid-write leaves no torn file behind
             else:
@@ -281,19 +300,34 @@ class LlamaCppEngine:
         # context, where its cached and whole-prompt probabilities agree to float noise of one layout
         if prefix is None or not self.classify_room or prefix.text not in self._open_turns:
             return self.main, prefix.handle if prefix else None
-        with self.lock:
-            if self.small is None:
-                n_ctx = -(-(len(prefix.ids) + self.classify_room) // 256) * 256  # llama.cpp pads to 256 cells
-                self.small = Context(self.ll, self._model, n_ctx=n_ctx, n_batch=min(self.n_batch, self.classify_room),
-                                     threads=self.threads, slots=CLASSIFY_SLOTS, flash_attn=self.flash_attn)
+        with self._filling:
+            with self.lock:
+                if self.small is None:
+                    n_ctx = -(-(len(prefix.ids) + self.classify_room) // 256) * 256  # llama.cpp pads to 256 cells
+                    self.small = Context(self.ll, self._model, n_ctx=n_ctx,
+                                         n_batch=min(self.n_batch, self.classify_room), threads=self.threads,
+                                         slots=CLASSIFY_SLOTS, flash_attn=self.classify_flash_attn)
             c = self.small
             seq = c.held.get(prefix.text)
             if seq is None and len(c.held) < MAX_PREFIXES and \
                     c.held_cells + len(prefix.ids) + self.classify_room <= c.n_ctx:
-                seq = self._copy_prefix(prefix, c, len(c.held))
+                seq = self._fill_small(prefix, c, len(c.held))
         if seq is None or n_ids - len(prefix.ids) > (c.n_ctx - c.held_cells) // CLASSIFY_SLOTS:
             return self.main, prefix.handle
         return c, seq
+
+    def _fill_small(self, prefix: Prefix, c: Context, seq: int) -> int:
+        """Put `prefix` into sequence `seq` of the small context `c`: copied from the main context where both
+        lay out their cells alike, else restored from its file or evaluated there (once; saved for the next start)."""
+        if c.flash_attn == self.main.flash_attn:
+            with self.lock:
+                if self._copy_prefix(prefix, c, seq) is not None:
+                    return seq
+        if not self._load_prefix(c, seq, prefix.ids):
+            self._decode(c, seq, prefix.ids, 0)
+            self._save_prefix(c, seq, prefix.ids)
+        c.held[prefix.text], c.held_cells = seq, c.held_cells + len(prefix.ids)
+        return seq
 
     def _copy_prefix(self, prefix: Prefix, c: Context, seq: int) -> int | None:
         """Copy `prefix`'s cells from the main context into sequence `seq` of `c` (lock held); None if it failed."""
