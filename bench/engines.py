@@ -32,6 +32,7 @@ from common import ROOT, peak_rss_mb, percentiles, table, update_file
 ENGINES = {  # label -> [model] overrides; openai-* also start a llama_cpp.server on that bundle
     "transformers-0.5b": {"engine": "transformers", "source": "bundled"},
     "llamacpp-0.5b": {"engine": "llamacpp", "source": "bundled"},
+    "llamacpp-0.5b-iq4nl": {"engine": "llamacpp", "source": "bundled", "requantize": "iq4_nl"},
     "llamacpp-1.5b": {"engine": "llamacpp", "source": "bundled-1.5b"},
     "openai-0.5b": {"engine": "openai", "source": "bundled"},
 }
