@@ -157,9 +157,11 @@ def raw_llamacpp(gguf: Path) -> dict:
     from llama_cpp import Llama
     default = llama_cpp.llama_model_default_params
 
-    def params():  # extra buffer types off, as the llamacpp engine runs (ggml's AMX path SIGILLs on these VMs)
+    from kbgate.engines.llamacpp import repack_is_safe
+
+    def params():  # extra buffer types as the llamacpp engine decides (off where the build has AMX: SIGILL here)
         p = default()
-        p.use_extra_bufts = False
+        p.use_extra_bufts = repack_is_safe(llama_cpp)
         return p
     ll.llama_cpp.llama_model_default_params = params
     t0 = time.perf_counter()

@@ -85,7 +85,7 @@ class Context:
         cp.n_seq_max = MAX_PREFIXES + slots
         cp.kv_unified = True  # one cell pool: copying a prefix into a working sequence shares its cells
         # flash attention skips the cells of other sequences (the unified cache holds every role's prefix):
-        # on for the answers' context (first answer token 2.9 -> 2.0 s, decode 32 -> 44 tok/s here), off for
+        # on for the answers' context (first answer token 2.9 -> 1.7 s, decode 32 -> 44 tok/s here), off for
         # the gate's, where it doubled a 16-token tail after a 900-token prefix (342-390 ms against 172-187)
         cp.flash_attn_type = 1 if flash_attn else 0
         self.flash_attn = flash_attn
