@@ -31,9 +31,9 @@ from common import ROOT, peak_rss_mb, percentiles, table, update_file
 
 ENGINES = {  # label -> [model] overrides; openai-* also start a llama_cpp.server on that bundle
     "transformers-0.5b": {"engine": "transformers", "source": "bundled"},
-    "llamacpp-0.5b": {"engine": "llamacpp", "source": "bundled"},
-    "llamacpp-0.5b-iq4nl": {"engine": "llamacpp", "source": "bundled", "requantize": "iq4_nl"},
-    "llamacpp-1.5b": {"engine": "llamacpp", "source": "bundled-1.5b"},
+    "llamacpp-0.5b-asis": {"engine": "llamacpp", "source": "bundled", "requantize": ""},  # the Q4_K_M file as it is
+    "llamacpp-0.5b": {"engine": "llamacpp", "source": "bundled", "requantize": "iq4_nl"},  # the default (config.toml)
+    "llamacpp-1.5b": {"engine": "llamacpp", "source": "bundled-1.5b", "requantize": ""},
     "openai-0.5b": {"engine": "openai", "source": "bundled"},
 }
 THREADS = 0  # --threads, passed on to the child processes
