@@ -113,10 +113,11 @@ def test_injection_in_a_wiki_page_does_not_drop_citations_or_change_the_gate(rea
 # Ten frustrated and ten plain questions of the frozen answer set's tune half (the first five per
 # language of each kind, in file order), and ten off-topic ones; the held-out half is only reported
 # (bench/grounded.py). The targets are 9/10 for each kind, >= 95% of values and 0/10 off-topic
-# answered; the floors below are what the system measured on these thirty (llamacpp, greedy, CI run of
-# 2026-12-01: frustrated 2/10, plain 1/10, values 1/11, off-topic 0/10), so a regression fails here.
-# They are far below the targets: see BENCHMARKS.md and the README's known limits.
-FLOOR = {"frustrated": 2, "plain": 1, "values": 1, "offtopic_answered": 0}
+# answered. Measured on these thirty through `kbgate serve` with the default config (llamacpp, IQ4_NL copy,
+# greedy; bench/grounded.py --split tune, 2026-12-02, 2-core AVX-512 machine): frustrated 8/10, plain 7/10,
+# values 7/11, off-topic 0/10 (the file as it is: 9, 6, 7, 0). The floors sit two below, for another CPU's
+# float rounding, so a regression fails here; they are below the targets: see BENCHMARKS.md and the README.
+FLOOR = {"frustrated": 6, "plain": 5, "values": 5, "offtopic_answered": 0}
 FRUSTRATED = ["a02", "a03", "a06", "a07", "a09", "a26", "a29", "a31", "a33", "a35"]
 PLAIN = ["a50", "a52", "a53", "a55", "a57", "a74", "a76", "a79", "a81", "a83"]
 OFFTOPIC = ["o01", "o03", "o04", "o06", "o08", "o31", "o33", "o35", "o37", "o38"]
