@@ -32,8 +32,8 @@ from common import ROOT, peak_rss_mb, percentiles, table, update_file
 ENGINES = {  # label -> [model] overrides; openai-* also start a llama_cpp.server on that bundle
     "transformers-0.5b": {"engine": "transformers", "source": "bundled"},
     "llamacpp-0.5b-asis": {"engine": "llamacpp", "source": "bundled", "requantize": ""},  # the Q4_K_M file as it is
-    "llamacpp-0.5b": {"engine": "llamacpp", "source": "bundled", "requantize": "iq4_nl"},  # the default (config.toml)
-    "llamacpp-1.5b": {"engine": "llamacpp", "source": "bundled-1.5b", "requantize": ""},
+    "llamacpp-0.5b": {"engine": "llamacpp", "source": "bundled"},  # config.toml's requantize: the default as shipped
+    "llamacpp-1.5b": {"engine": "llamacpp", "source": "bundled-1.5b", "requantize": ""},  # as measured: the file as is
     "openai-0.5b": {"engine": "openai", "source": "bundled"},
 }
 THREADS = 0  # --threads, passed on to the child processes

@@ -109,8 +109,8 @@ def test_real_gate_labels_clear_cases_over_the_cached_prefix(real_services):
 
 @pytest.mark.slow
 def test_the_two_engines_agree_on_the_gate_labels(repo_root, prompts):
-    """llama.cpp (config.toml's engine: the IQ4_NL copy) against the transformers reference (the Q4_K_M weights
-    dequantized). Measured at the switch to IQ4_NL: passes (>= 95%)."""
+    """llama.cpp as config.toml sets it (the IQ4_NL copy) against the transformers reference (the bundled
+    Q4_K_M weights dequantized)."""
     from lm_fixtures import load_real_engine
 
     rows = [json.loads(line) for line in open(repo_root / "tests/data/sentiment_eval.jsonl", encoding="utf-8")]
