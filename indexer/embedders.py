@@ -71,36 +71,75 @@ def normalize(v: np.ndarray) -> np.ndarray:
 
 
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model loaded from a local folder, never from the hub."""
+    """A sentence-transformers model loaded from a local folder, never from the hub.
+
+    For a folder in the plain BERT + pooling layout (the packaged MiniLM) texts outside `bulk()` (the
+    service's queries) run through `indexer.bertnp` in numpy, and sentence-transformers (with transformers
+    and torch: 4.6 s of import and a few hundred MB) loads only for an index build's batches. `numpy=False`,
+    or any other model: sentence-transformers for everything, loaded at once as before.
+    """
 
     def __init__(self, name_or_path: str, languages=("en",), batch_size: int = 32, name: str | None = None,
-                 query_threads: int = 1):
+                 query_threads: int = 1, numpy: bool = True):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        try:
-            from sentence_transformers import SentenceTransformer
-            self.model = SentenceTransformer(name_or_path, device="cpu", local_files_only=True)
-        except Exception as e:  # noqa: BLE001 - any load failure becomes one clear message
-            raise ModelError(f"cannot load the embedder {name_or_path!r}: {e}. "
-                             "Check [embedder] name in config.toml, or run `make setup`.") from e
-        self.name = name or os.path.basename(str(name_or_path).rstrip("/"))
-        self.dim = int(self.model.get_embedding_dimension())
+        self.path = str(name_or_path)
+        self.name = name or os.path.basename(self.path.rstrip("/"))
         self.languages = tuple(languages)
         self.batch_size = batch_size
         self.query_threads = query_threads  # a handful of texts is a query: latency-bound, see indexer.threads
-        self._tok = _plain_tokenizer(self.model.tokenizer)
+        self.np = self._numpy() if numpy else None
+        self._model, self._lock = None, threading.Lock()
+        if self.np is None:
+            self.dim = int(self.st.get_embedding_dimension())
+            self._tok = _plain_tokenizer(self.st.tokenizer)
+        else:
+            self.dim, self._tok = self.np.dim, None
+
+    def _numpy(self):
+        """The numpy copy of a plain BERT folder, or None (another layout, or not a local folder)."""
+        if not os.path.isdir(self.path):
+            return None
+        from indexer.bertnp import NumpyBert, Unsupported
+        try:
+            return NumpyBert(self.path)
+        except (Unsupported, OSError, KeyError, ValueError) as e:
+            log.info("%s: sentence-transformers embeds its queries too (%s)", self.name, e)
+            return None
+
+    @property
+    def st(self):
+        """The sentence-transformers model, loaded on first use."""
+        with self._lock:
+            if self._model is None:
+                try:
+                    from sentence_transformers import SentenceTransformer
+                    self._model = SentenceTransformer(self.path, device="cpu", local_files_only=True)
+                except Exception as e:  # noqa: BLE001 - any load failure becomes one clear message
+                    raise ModelError(f"cannot load the embedder {self.path!r}: {e}. "
+                                     "Check [embedder] name in config.toml, or run `make setup`.") from e
+            return self._model
+
+    @property
+    def model(self):
+        """The sentence-transformers model (loads it)."""
+        return self.st
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Encode in batches; (n, dim) float32, normalized."""
+        """Encode (in batches inside `bulk()`); (n, dim) float32, normalized."""
         if not texts:
             return np.zeros((0, self.dim), np.float32)
+        if self.np is not None and not in_bulk():
+            return self.np.embed(list(texts))
         with omp_threads(self.query_threads if len(texts) <= 4 else 0):
-            v = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                  convert_to_numpy=True, show_progress_bar=False)
+            v = self.st.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                               convert_to_numpy=True, show_progress_bar=False)
         return np.ascontiguousarray(v, dtype=np.float32)
 
     def count_tokens(self, text: str) -> int:
         """Count wordpieces without the [CLS]/[SEP] markers."""
+        if self.np is not None:
+            return self.np.count_tokens(text)
         if self._tok is not None:
             return len(self._tok.encode(text, add_special_tokens=False).ids)
         return approx_tokens(text)
