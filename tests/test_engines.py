@@ -2,6 +2,7 @@
 and on llama.cpp and transformers with the bundled Qwen (slow); the two real engines compared."""
 import math
 import sys
+import threading
 
 import pytest
 
@@ -247,3 +248,36 @@ def test_classify_runs_in_a_small_context_of_its_own_and_reads_the_same_probabil
     next(gen)  # an answer holds cells of the main context now
     assert small.classify(queries[0], choices) == before  # bit for bit: another context
     gen.close()
+
+
+@pytest.mark.slow
+def test_every_decode_runs_on_the_engines_own_thread(monkeypatch):
+    """llama.cpp: requests arrive on many threads (waitress), but llama_decode always runs on one, so
+    OpenMP keeps one worker team instead of one per caller (which throttled every call, see the engine's
+    docstring); and the answers are the ones a single caller gets."""
+    from kbgate.config import load_config
+    from kbgate.engines.llamacpp import LlamaCppEngine
+    from kbgate.provision import fetch_gguf
+
+    e = LlamaCppEngine(fetch_gguf(load_config()), n_ctx=2048, slots=2, kv_dir=None)
+    prefix = SYS + [{"role": "user", "content": "文本：今天天气不错\n类别：陈述\n\n文本："}]
+    e.register_prefix(prefix, open_last=True)
+    query = SYS + [{"role": "user", "content": "文本：今天天气不错\n类别：陈述\n\n文本：VPN 又断了！\n类别："}]
+    want = e.classify(query, ["陈述", "抱怨"])
+    ran_on, decode = set(), e.ll.llama_decode
+    monkeypatch.setattr(e.ll, "llama_decode", lambda *a: ran_on.add(threading.get_ident()) or decode(*a))
+    got, callers = [], []
+
+    def call():
+        callers.append(threading.get_ident())
+        got.append(e.classify(query, ["陈述", "抱怨"]))
+        got.append("".join(p for p in e.stream(query, max_tokens=4) if isinstance(p, str)))
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ran_on) == 1 and not ran_on & (set(callers) | {threading.get_ident()})  # none of the callers
+    probs = [g for g in got if isinstance(g, dict)]
+    assert len(probs) == 3 and all(abs(p[c] - want[c]) < 1e-3 for p in probs for c in want)
+    assert len({g for g in got if isinstance(g, str)}) == 1  # greedy: the same reply from every caller
