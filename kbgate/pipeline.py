@@ -309,6 +309,7 @@ class Pipeline:
         if not trouble and checks:
             text, cited, note = self._decide(text, cited, given, passages, query, lang, caller)
             reason += note
+        steps = True  # the reply ends with the escalation line for "if these steps did not help"
         if trouble:
             text, cited, note = self._troubleshoot(text, cited, given, passages, lang, example, caller)
             reason += note
@@ -317,6 +318,12 @@ class Pipeline:
                 # after the acknowledgement, above the steps
                 text, cited, note = self._decide(text, cited, given, passages, query, lang, caller, at=1)
                 reason += note
+            elif not cited and checks:
+                # no fix section to quote ("lost my badge a second time, how much is the replacement?"): a
+                # complaint that asks for a value, or yes or no, gets the wiki's line that answers it
+                text, cited, note = self._decide(text, cited, given, passages, query, lang, caller)
+                reason += note
+                steps = False
         if not cited:
             yield from self._no_answer(query, sentiment, hits, lang, trouble, timings, ms,
                                        "the reply is not grounded in any passage" if text.strip()
@@ -324,7 +331,7 @@ class Pipeline:
             return
         for p in passages:
             p.cited = p.n in cited
-        text, escalation = self._escalate(text, lang, trouble, after_steps=True)
+        text, escalation = self._escalate(text, lang, trouble, after_steps=steps)
         timings.setdefault("first_token", None)
         timings["total"] = ms()
         yield "done", self._finish(Result(query, sentiment, route, reason, text, passages, [], timings, escalation),

@@ -206,6 +206,18 @@ def test_a_complaint_that_asks_for_a_phone_number_gets_the_wikis_line_after_the_
     assert "Wiki 原文" not in r.answer.split("\n")[1]
 
 
+def test_a_complaint_asking_for_a_value_with_no_steps_to_quote_gets_the_wikis_line(make_services):
+    # frustrated, so the troubleshooting route; the reply is not grounded and the on-call page has no fix
+    # section: the user still gets the wiki's line with the amount, not "no answer", and no "if these steps"
+    s = make_services("I think you should ask someone.", gate={"negative_threshold": 0.0},
+                      answer={"min_score": 0.0, "verify_citations": True, "passages": 5})
+    r = s.pipeline.ask("周末值班一天到底给多少补贴？问了三个人都说不清，烦死了")
+    assert r.route == "troubleshooting" and "line that answers it is quoted" in r.reason, r.reason
+    assert r.answer.startswith("Wiki 原文：") and "400 元" in r.answer.split("\n")[0], r.answer
+    assert [x.page for x in r.sources if x.cited] == ["eng/oncall"]
+    assert r.escalation and r.escalation["text"].startswith("需要人工帮助") and "以上步骤" not in r.answer
+
+
 def test_a_page_in_the_other_language_gets_the_last_passage_when_all_are_in_the_query_language(hash_retriever):
     from kbgate.pipeline import with_other_language
     from kbgate.translate import other_language
