@@ -91,8 +91,8 @@ class SentenceTransformerEmbedder:
         self.np = self._numpy() if numpy else None
         self._model, self._lock = None, threading.Lock()
         if self.np is None:
-            self.dim = int(self.st.get_embedding_dimension())
-            self._tok = _plain_tokenizer(self.st.tokenizer)
+            self.dim = int(self.model.get_embedding_dimension())
+            self._tok = _plain_tokenizer(self.model.tokenizer)
         else:
             self.dim, self._tok = self.np.dim, None
 
@@ -108,7 +108,7 @@ class SentenceTransformerEmbedder:
             return None
 
     @property
-    def st(self):
+    def model(self):
         """The sentence-transformers model, loaded on first use."""
         with self._lock:
             if self._model is None:
@@ -120,11 +120,6 @@ class SentenceTransformerEmbedder:
                                      "Check [embedder] name in config.toml, or run `make setup`.") from e
             return self._model
 
-    @property
-    def model(self):
-        """The sentence-transformers model (loads it)."""
-        return self.st
-
     def embed(self, texts: list[str]) -> np.ndarray:
         """Encode (in batches inside `bulk()`); (n, dim) float32, normalized."""
         if not texts:
@@ -132,8 +127,8 @@ class SentenceTransformerEmbedder:
         if self.np is not None and not in_bulk():
             return self.np.embed(list(texts))
         with omp_threads(self.query_threads if len(texts) <= 4 else 0):
-            v = self.st.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                               convert_to_numpy=True, show_progress_bar=False)
+            v = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                  convert_to_numpy=True, show_progress_bar=False)
         return np.ascontiguousarray(v, dtype=np.float32)
 
     def count_tokens(self, text: str) -> int:
